@@ -1,0 +1,42 @@
+# The two commands a new developer needs: `make dev` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export AWS_DEFAULT_REGION ?= us-east-1
+
+.PHONY: dev test lint typecheck unit openapi dynamodb-local clean
+
+$(STAMP): requirements-dev.txt layers/shared/requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements-dev.txt
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+## Serve the whole API on http://127.0.0.1:$${PORT:-3000} with embedded AWS.
+dev: $(STAMP)
+	$(BIN)/llmcredits dev
+
+## Lint, type-check and run every test (DynamoDB Local tests included when Java is here).
+test: $(STAMP) lint typecheck
+	$(BIN)/python scripts/dynamodb_local.py install
+	$(BIN)/python -m pytest; rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+## Regenerate the OpenAPI document served by GET /openapi.json.
+openapi: $(STAMP)
+	$(BIN)/llmcredits openapi --write
+
+## Run DynamoDB Local in the foreground on :8000 (use with DYNAMODB_ENDPOINT=http://127.0.0.1:8000).
+dynamodb-local: $(STAMP)
+	$(BIN)/python scripts/dynamodb_local.py run --port 8000
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,31 @@
+"""GET /credits/history: the caller's ledger, newest first, with an opaque cursor."""
+
+from typing import Annotated
+
+from aws_lambda_powertools.event_handler.openapi.params import Query
+from llmcredits.bootstrap import ledger_service
+from llmcredits.domain.ledger import EntryType
+from llmcredits.http.api import API_PREFIX, caller, entry_point, make_app
+from llmcredits.models import EntryTypeName, HistoryResponse, LedgerEntryOut
+from llmcredits.views import entry_view
+
+app = make_app()
+
+
+@app.get(f"{API_PREFIX}/credits/history", summary="Ledger entries, newest first",
+         tags=["credits"])
+def get_history(
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=2048)] = None,
+    type: Annotated[EntryTypeName | None, Query()] = None,
+) -> HistoryResponse:
+    page = ledger_service().history(
+        caller(app).user_id, limit, cursor, EntryType(type) if type else None
+    )
+    return HistoryResponse(
+        items=[LedgerEntryOut(**entry_view(e)) for e in page.entries],
+        next_cursor=page.next_cursor,
+    )
+
+
+lambda_handler = entry_point(app)

@@ -1,0 +1,18 @@
+"""PUT /credits/monthly-cap: the caller's own monthly spending cap."""
+
+from llmcredits.bootstrap import ledger_service
+from llmcredits.http.api import API_PREFIX, caller, entry_point, make_app
+from llmcredits.models import CreditsResponse, MonthlyCapRequest
+from llmcredits.views import account_view
+
+app = make_app()
+
+
+@app.put(f"{API_PREFIX}/credits/monthly-cap", summary="Set or remove your monthly cap",
+         tags=["credits"])
+def put_monthly_cap(body: MonthlyCapRequest) -> CreditsResponse:
+    account = ledger_service().set_monthly_cap(caller(app).user_id, body.monthly_cap)
+    return CreditsResponse(**account_view(account))
+
+
+lambda_handler = entry_point(app)

@@ -1,0 +1,1 @@
+"""AWS adapters. Only this package (and handlers' wiring) imports boto3."""

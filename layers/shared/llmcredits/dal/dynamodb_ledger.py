@@ -1,0 +1,411 @@
+"""The ledger on one DynamoDB table.
+
+Keys (one partition per user, so each money change is one TransactWriteItems):
+  PK=USER#<id>  SK=ACCOUNT                          the account
+  PK=USER#<id>  SK=LEDGER#<created_at>#<entry id>   a ledger entry (newest first by SK)
+  PK=USER#<id>  SK=IDEMP#<scope>#<key>              an idempotency record (TTL)
+  PK=USER#<id>  SK=HOLD#<hold id>                   an open hold of a chat request in flight
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from decimal import Decimal
+from typing import Any
+
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+from botocore.exceptions import ClientError
+
+from llmcredits.domain.ledger import (
+    Account,
+    EntryType,
+    IdempotencyClaim,
+    LedgerEntry,
+    Mutation,
+    Tier,
+)
+from llmcredits.domain.ports import EntryPage, IdempotentReplay, StaleRead, StoredResult
+
+ACCOUNT_SK = "ACCOUNT"
+LEDGER_PREFIX = "LEDGER#"
+IDEMPOTENCY_PREFIX = "IDEMP#"
+HOLD_PREFIX = "HOLD#"
+IDEMPOTENCY_TTL_SECONDS = 24 * 3600
+
+_serializer = TypeSerializer()
+_deserializer = TypeDeserializer()
+
+
+def user_pk(user_id: str) -> str:
+    return f"USER#{user_id}"
+
+
+def ledger_sk(entry: LedgerEntry) -> str:
+    return f"{LEDGER_PREFIX}{entry.created_at}#{entry.id}"
+
+
+def idempotency_sk(claim: IdempotencyClaim) -> str:
+    return f"{IDEMPOTENCY_PREFIX}{claim.scope}#{claim.key}"
+
+
+def to_item(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: _serializer.serialize(v) for k, v in values.items() if v is not None}
+
+
+def from_item(item: dict[str, Any]) -> dict[str, Any]:
+    return {k: _deserializer.deserialize(v) for k, v in item.items()}
+
+
+def account_from_item(item: dict[str, Any]) -> Account:
+    data = from_item(item)
+    return Account(
+        user_id=data["user_id"],
+        balance=data["balance"],
+        available=data["available"],
+        tier=Tier(data["tier"]),
+        month=data["month"],
+        month_spent=data["month_spent"],
+        monthly_cap=data.get("monthly_cap"),
+        cap_headroom=data.get("cap_headroom"),
+        created_at=data.get("created_at", ""),
+        updated_at=data.get("updated_at", ""),
+        flags=frozenset(data.get("flags", ())),
+    )
+
+
+def entry_to_item(entry: LedgerEntry) -> dict[str, Any]:
+    return to_item(
+        {
+            "PK": user_pk(entry.user_id),
+            "SK": ledger_sk(entry),
+            "kind": "ledger",
+            "id": entry.id,
+            "user_id": entry.user_id,
+            "created_at": entry.created_at,
+            "type": entry.type.value,
+            "amount": entry.amount,
+            "balance_after": entry.balance_after,
+            "provider": entry.provider,
+            "model": entry.model,
+            "tokens": entry.tokens,
+            "cost": entry.cost,
+            "metadata": json.dumps(entry.metadata, sort_keys=True, default=str),
+        }
+    )
+
+
+def entry_from_item(item: dict[str, Any]) -> LedgerEntry:
+    data = from_item(item)
+    tokens = data.get("tokens")
+    return LedgerEntry(
+        id=data["id"],
+        user_id=data["user_id"],
+        created_at=data["created_at"],
+        type=EntryType(data["type"]),
+        amount=data["amount"],
+        balance_after=data["balance_after"],
+        provider=data.get("provider"),
+        model=data.get("model"),
+        tokens=None if tokens is None else int(tokens),
+        cost=data.get("cost"),
+        metadata=json.loads(data.get("metadata") or "{}"),
+    )
+
+
+class DynamoLedgerStore:
+    """LedgerStore on DynamoDB (real, Local, or moto)."""
+
+    def __init__(self, client: Any, table: str) -> None:
+        self._client = client
+        self._table = table
+
+    # -- accounts ---------------------------------------------------------------------
+
+    def get_account(self, user_id: str) -> Account | None:
+        resp = self._client.get_item(
+            TableName=self._table,
+            Key=to_item({"PK": user_pk(user_id), "SK": ACCOUNT_SK}),
+            ConsistentRead=True,
+        )
+        item = resp.get("Item")
+        return account_from_item(item) if item else None
+
+    def create_account(self, account: Account) -> bool:
+        try:
+            self._client.put_item(
+                TableName=self._table,
+                Item=to_item(
+                    {
+                        "PK": user_pk(account.user_id),
+                        "SK": ACCOUNT_SK,
+                        "kind": "account",
+                        "user_id": account.user_id,
+                        "balance": account.balance,
+                        "available": account.available,
+                        "tier": account.tier.value,
+                        "month": account.month,
+                        "month_spent": account.month_spent,
+                        "created_at": account.created_at,
+                        "updated_at": account.updated_at,
+                    }
+                ),
+                ConditionExpression="attribute_not_exists(PK)",
+            )
+        except ClientError as exc:
+            if _code(exc) == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+
+    def roll_over(self, before: Account, after: Account) -> None:
+        names = {"#month": "month"}
+        values: dict[str, Any] = {
+            ":old": before.month,
+            ":new": after.month,
+            ":zero": after.month_spent,
+            ":b": before.balance,
+            ":av": before.available,
+        }
+        update = "SET #month = :new, month_spent = :zero"
+        if after.cap_headroom is not None:
+            update += ", cap_headroom = :h"
+            values[":h"] = after.cap_headroom
+        self._update_account(
+            before.user_id,
+            update,
+            "#month = :old AND balance = :b AND available = :av",
+            names,
+            values,
+        )
+
+    def set_monthly_cap(self, before: Account, after: Account) -> None:
+        names = {"#month": "month"}
+        values: dict[str, Any] = {
+            ":m": before.month,
+            ":b": before.balance,
+            ":av": before.available,
+            ":ms": before.month_spent,
+            ":now": after.updated_at,
+        }
+        if after.monthly_cap is None:
+            update = "SET updated_at = :now REMOVE monthly_cap, cap_headroom"
+        else:
+            update = "SET monthly_cap = :cap, cap_headroom = :h, updated_at = :now"
+            values[":cap"] = after.monthly_cap
+            values[":h"] = after.cap_headroom
+        self._update_account(
+            before.user_id,
+            update,
+            "#month = :m AND balance = :b AND available = :av AND month_spent = :ms",
+            names,
+            values,
+        )
+
+    def set_tier(self, user_id: str, tier: Tier, now: str) -> None:
+        self._update_account(
+            user_id,
+            "SET tier = :t, updated_at = :now",
+            "attribute_exists(PK)",
+            {},
+            {":t": tier.value, ":now": now},
+        )
+
+    def _update_account(
+        self,
+        user_id: str,
+        update: str,
+        condition: str,
+        names: dict[str, str],
+        values: dict[str, Any],
+    ) -> None:
+        kwargs: dict[str, Any] = {
+            "TableName": self._table,
+            "Key": to_item({"PK": user_pk(user_id), "SK": ACCOUNT_SK}),
+            "UpdateExpression": update,
+            "ConditionExpression": condition,
+            "ExpressionAttributeValues": to_item(values),
+        }
+        if names:
+            kwargs["ExpressionAttributeNames"] = names
+        try:
+            self._client.update_item(**kwargs)
+        except ClientError as exc:
+            if _code(exc) == "ConditionalCheckFailedException":
+                raise StaleRead from exc
+            raise
+
+    # -- money changes ----------------------------------------------------------------
+
+    def commit(
+        self,
+        user_id: str,
+        mutation: Mutation,
+        entry: LedgerEntry | None,
+        now: str,
+        idempotency: tuple[IdempotencyClaim, StoredResult] | None = None,
+    ) -> None:
+        items = [{"Update": self._mutation_update(user_id, mutation, now)}]
+        if entry is not None:
+            items.append(
+                {
+                    "Put": {
+                        "TableName": self._table,
+                        "Item": entry_to_item(entry),
+                        "ConditionExpression": "attribute_not_exists(PK)",
+                    }
+                }
+            )
+        if idempotency is not None:
+            claim, result = idempotency
+            epoch = int(time.time())
+            items.append(
+                {
+                    "Put": {
+                        "TableName": self._table,
+                        "Item": to_item(
+                            {
+                                "PK": user_pk(user_id),
+                                "SK": idempotency_sk(claim),
+                                "kind": "idempotency",
+                                "fingerprint": result.fingerprint,
+                                "status": result.status,
+                                "body": json.dumps(result.body, sort_keys=True),
+                                "expires_at": epoch + IDEMPOTENCY_TTL_SECONDS,
+                            }
+                        ),
+                        # An expired record TTL has not deleted yet counts as absent.
+                        "ConditionExpression": "attribute_not_exists(PK) OR expires_at < :now",
+                        "ExpressionAttributeValues": {":now": {"N": str(epoch)}},
+                    }
+                }
+            )
+        try:
+            self._client.transact_write_items(TransactItems=items)
+        except ClientError as exc:
+            if _code(exc) != "TransactionCanceledException":
+                raise
+            reasons = [r.get("Code") for r in exc.response.get("CancellationReasons", [])]
+            if (
+                idempotency is not None
+                and len(reasons) == len(items)
+                and reasons[-1] == "ConditionalCheckFailed"
+            ):
+                stored = self.get_idempotent_result(user_id, idempotency[0])
+                if stored is not None:
+                    raise IdempotentReplay(stored) from exc
+            # ConditionalCheckFailed on the account, or TransactionConflict with a
+            # concurrent writer: either way the read is stale.
+            raise StaleRead from exc
+
+    def _mutation_update(self, user_id: str, mutation: Mutation, now: str) -> dict[str, Any]:
+        names = {"#month": "month"}
+        values: dict[str, Any] = {":m": mutation.month}
+        sets: list[str] = []
+        conditions = ["#month = :m"]
+        if mutation.expected_balance is not None:
+            conditions.append("balance = :b")
+            values[":b"] = mutation.expected_balance
+            sets.append("balance = :nb")
+            values[":nb"] = mutation.balance_after
+        elif mutation.balance_delta:
+            sets.append("balance = balance + :bd")
+            values[":bd"] = mutation.balance_delta
+        if mutation.available_delta:
+            sets.append("available = available + :ad")
+            values[":ad"] = mutation.available_delta
+        if mutation.require_available is not None:
+            conditions.append("available >= :ra")
+            values[":ra"] = mutation.require_available
+        if mutation.spend_delta:
+            sets.append("month_spent = month_spent + :sd")
+            values[":sd"] = mutation.spend_delta
+        if mutation.capped is True:
+            conditions.append("attribute_exists(cap_headroom)")
+            if mutation.headroom_delta:
+                sets.append("cap_headroom = cap_headroom + :hd")
+                values[":hd"] = mutation.headroom_delta
+            if mutation.require_headroom is not None:
+                conditions.append("cap_headroom >= :rh")
+                values[":rh"] = mutation.require_headroom
+        elif mutation.capped is False:
+            conditions.append("attribute_not_exists(cap_headroom)")
+        sets.append("updated_at = :now")
+        values[":now"] = now
+        return {
+            "TableName": self._table,
+            "Key": to_item({"PK": user_pk(user_id), "SK": ACCOUNT_SK}),
+            "UpdateExpression": "SET " + ", ".join(sets),
+            "ConditionExpression": " AND ".join(conditions),
+            "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": to_item(values),
+        }
+
+    def get_idempotent_result(self, user_id: str, claim: IdempotencyClaim) -> StoredResult | None:
+        resp = self._client.get_item(
+            TableName=self._table,
+            Key=to_item({"PK": user_pk(user_id), "SK": idempotency_sk(claim)}),
+            ConsistentRead=True,
+        )
+        item = resp.get("Item")
+        if not item:
+            return None
+        data = from_item(item)
+        if int(data["expires_at"]) < int(time.time()):
+            return None
+        return StoredResult(
+            fingerprint=data["fingerprint"],
+            status=int(data["status"]),
+            body=json.loads(data["body"], parse_float=Decimal),
+        )
+
+    def sum_open_holds(self, user_id: str) -> Decimal:
+        total = Decimal(0)
+        kwargs: dict[str, Any] = {
+            "TableName": self._table,
+            "KeyConditionExpression": "PK = :pk AND begins_with(SK, :prefix)",
+            "ExpressionAttributeValues": to_item({":pk": user_pk(user_id), ":prefix": HOLD_PREFIX}),
+            "ConsistentRead": True,
+        }
+        while True:
+            resp = self._client.query(**kwargs)
+            total += sum((from_item(i)["amount"] for i in resp.get("Items", [])), Decimal(0))
+            if "LastEvaluatedKey" not in resp:
+                return total
+            kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+
+    # -- history ----------------------------------------------------------------------
+
+    def list_entries(
+        self, user_id: str, limit: int, after_key: str | None, entry_type: str | None
+    ) -> EntryPage:
+        """Newest first; with a type filter, keeps reading pages until ``limit`` match."""
+        entries: list[LedgerEntry] = []
+        start = after_key
+        while True:
+            kwargs: dict[str, Any] = {
+                "TableName": self._table,
+                "KeyConditionExpression": "PK = :pk AND begins_with(SK, :prefix)",
+                "ExpressionAttributeValues": to_item(
+                    {":pk": user_pk(user_id), ":prefix": LEDGER_PREFIX}
+                ),
+                "ScanIndexForward": False,
+                "ConsistentRead": True,
+                "Limit": limit - len(entries),
+            }
+            if entry_type:
+                kwargs["FilterExpression"] = "#type = :type"
+                kwargs["ExpressionAttributeNames"] = {"#type": "type"}
+                kwargs["ExpressionAttributeValues"][":type"] = {"S": entry_type}
+            if start:
+                kwargs["ExclusiveStartKey"] = to_item({"PK": user_pk(user_id), "SK": start})
+            resp = self._client.query(**kwargs)
+            entries.extend(entry_from_item(item) for item in resp.get("Items", []))
+            last = resp.get("LastEvaluatedKey")
+            start = from_item(last)["SK"] if last else None
+            if start is None or len(entries) >= limit:
+                return EntryPage(entries=entries, last_key=start)
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))

@@ -1,0 +1,1 @@
+"""Pure domain: pricing, ledger rules and routing. No boto3 here."""

@@ -1,0 +1,1 @@
+"""Use cases: orchestrate the pure domain over storage ports."""

@@ -1,0 +1,286 @@
+"""Ledger use cases: accounts, grants, debits, caps, history.
+
+Every money change is read -> plan (pure domain) -> one conditional transaction. A guard
+that fails means another writer got there first; re-read and re-plan, so limits are
+always checked against the state the write actually lands on.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import random
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from llmcredits.domain.ledger import (
+    Account,
+    EntryType,
+    IdempotencyClaim,
+    LedgerEntry,
+    Mutation,
+    Tier,
+    fingerprint,
+    month_of,
+    plan_credit,
+    plan_usage_debit,
+    rolled_over,
+    timestamp,
+    with_monthly_cap,
+)
+from llmcredits.domain.ports import (
+    IdempotentReplay,
+    LedgerStore,
+    StaleRead,
+    StoredResult,
+)
+from llmcredits.errors import (
+    ContentionTimeout,
+    IdempotencyConflict,
+    InvalidRequest,
+    NotFound,
+)
+from llmcredits.money import ZERO, format_money
+from llmcredits.views import entry_view
+
+MAX_ATTEMPTS = 100
+MAX_BACKOFF_SECONDS = 0.05
+HISTORY_MAX_LIMIT = 200
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class ChangeResult:
+    """What a money change returns: the HTTP status and body, first time or replayed."""
+
+    status: int
+    body: dict[str, Any]
+    replayed: bool = False
+
+
+@dataclass(frozen=True)
+class HistoryPage:
+    entries: list[LedgerEntry]
+    next_cursor: str | None
+
+
+class LedgerService:
+    def __init__(
+        self,
+        store: LedgerStore,
+        clock: Callable[[], datetime] = utcnow,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._sleep = sleep
+
+    # -- accounts ---------------------------------------------------------------------
+
+    def account(self, user_id: str) -> Account:
+        """The caller's account, created on first use and moved to the current month."""
+        for attempt in range(MAX_ATTEMPTS):
+            now = self._clock()
+            account = self._store.get_account(user_id)
+            if account is None:
+                self._store.create_account(Account.new(user_id, now))
+                continue
+            current = rolled_over(account, month_of(now))
+            if current is account:
+                return account
+            try:
+                self._store.roll_over(account, current)
+                return current
+            except StaleRead:
+                self._backoff(attempt)
+        raise ContentionTimeout("The account is busy; retry the request.")
+
+    def find_account(self, user_id: str) -> Account:
+        """Read-only view for operators: 404 if the user never used the service."""
+        account = self._store.get_account(user_id)
+        if account is None:
+            raise NotFound(f"No account for user {user_id!r}.", param="user_id")
+        return rolled_over(account, month_of(self._clock()))
+
+    def set_monthly_cap(self, user_id: str, cap: Decimal | None) -> Account:
+        for attempt in range(MAX_ATTEMPTS):
+            before = self.account(user_id)
+            after = replace(with_monthly_cap(before, cap), updated_at=timestamp(self._clock()))
+            try:
+                self._store.set_monthly_cap(before, after)
+                return after
+            except StaleRead:
+                self._backoff(attempt)
+        raise ContentionTimeout("The account is busy; retry the request.")
+
+    def set_tier(self, user_id: str, tier: Tier) -> Account:
+        self.account(user_id)
+        self._store.set_tier(user_id, tier, timestamp(self._clock()))
+        return self.account(user_id)
+
+    # -- money changes ----------------------------------------------------------------
+
+    def grant(
+        self,
+        user_id: str,
+        amount: Decimal,
+        entry_type: EntryType,
+        reason: str,
+        actor: str,
+        idempotency_key: str | None = None,
+    ) -> ChangeResult:
+        """An operator's credit (bonus, refund, adjustment): one ledger entry, once per key."""
+        claim = None
+        if idempotency_key:
+            claim = IdempotencyClaim(
+                scope=f"admin-grant#{actor}",
+                key=idempotency_key,
+                fingerprint=fingerprint(
+                    {"user": user_id, "amount": str(amount), "type": entry_type.value,
+                     "reason": reason}
+                ),
+            )
+        return self._change(
+            user_id,
+            plan=lambda account: plan_credit(account, amount),
+            entry_type=entry_type,
+            details={"metadata": {"reason": reason, "by": actor}},
+            claim=claim,
+            status=201,
+        )
+
+    def debit_usage(
+        self,
+        user_id: str,
+        amount: Decimal,
+        *,
+        provider: str | None = None,
+        model: str | None = None,
+        tokens: int | None = None,
+        metadata: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> ChangeResult:
+        """Usage paid straight from the balance (402 when it would overdraw or pass the cap)."""
+        claim = None
+        if idempotency_key:
+            claim = IdempotencyClaim(
+                scope="usage",
+                key=idempotency_key,
+                fingerprint=fingerprint({"user": user_id, "amount": str(amount)}),
+            )
+        return self._change(
+            user_id,
+            plan=lambda account: plan_usage_debit(account, amount),
+            entry_type=EntryType.USAGE,
+            details={
+                "provider": provider,
+                "model": model,
+                "tokens": tokens,
+                "cost": amount,
+                "metadata": metadata or {},
+            },
+            claim=claim,
+            status=200,
+        )
+
+    def _change(
+        self,
+        user_id: str,
+        plan: Callable[[Account], Mutation],
+        entry_type: EntryType,
+        details: dict[str, Any],
+        claim: IdempotencyClaim | None,
+        status: int,
+    ) -> ChangeResult:
+        if claim is not None:
+            stored = self._store.get_idempotent_result(user_id, claim)
+            if stored is not None:
+                return self._replay(stored, claim)
+        for attempt in range(MAX_ATTEMPTS):
+            account = self.account(user_id)
+            mutation = plan(account)  # raises the 402s
+            now = self._clock()
+            entry = LedgerEntry(
+                id=uuid.uuid4().hex,
+                user_id=user_id,
+                created_at=timestamp(now),
+                type=entry_type,
+                amount=mutation.balance_delta,
+                balance_after=mutation.balance_after,
+                **details,
+            )
+            body = {
+                "user_id": user_id,
+                "balance": format_money(mutation.balance_after),
+                "entry": entry_view(entry),
+            }
+            record = None
+            if claim is not None:
+                record = (claim, StoredResult(claim.fingerprint, status, body))
+            try:
+                self._store.commit(user_id, mutation, entry, timestamp(now), record)
+                return ChangeResult(status, body)
+            except IdempotentReplay as replay:
+                assert claim is not None
+                return self._replay(replay.stored, claim)
+            except StaleRead:
+                self._backoff(attempt)
+        raise ContentionTimeout("The account is busy; retry the request.")
+
+    @staticmethod
+    def _replay(stored: StoredResult, claim: IdempotencyClaim) -> ChangeResult:
+        if stored.fingerprint != claim.fingerprint:
+            raise IdempotencyConflict(
+                "This Idempotency-Key was already used with a different request body.",
+                param="Idempotency-Key",
+            )
+        return ChangeResult(stored.status, stored.body, replayed=True)
+
+    def _backoff(self, attempt: int) -> None:
+        # Full jitter: contending writers spread out instead of colliding again.
+        self._sleep(random.uniform(0, min(MAX_BACKOFF_SECONDS, 0.001 * 2**attempt)))  # noqa: S311
+
+    # -- history ----------------------------------------------------------------------
+
+    def history(
+        self, user_id: str, limit: int, cursor: str | None, entry_type: EntryType | None
+    ) -> HistoryPage:
+        if not 1 <= limit <= HISTORY_MAX_LIMIT:
+            raise InvalidRequest(f"limit must be 1..{HISTORY_MAX_LIMIT}", param="limit")
+        after = decode_cursor(cursor, user_id) if cursor else None
+        page = self._store.list_entries(
+            user_id, limit, after, entry_type.value if entry_type else None
+        )
+        next_cursor = encode_cursor(user_id, page.last_key) if page.last_key else None
+        return HistoryPage(page.entries, next_cursor)
+
+
+def encode_cursor(user_id: str, key: str) -> str:
+    raw = json.dumps({"u": user_id, "k": key}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, user_id: str) -> str:
+    """The position inside ``user_id``'s history; a cursor from anyone else is refused."""
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        data = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        key = data["k"]
+        owner = data["u"]
+    except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+        raise InvalidRequest("cursor is not valid", param="cursor") from exc
+    if owner != user_id or not isinstance(key, str) or not key.startswith("LEDGER#"):
+        raise InvalidRequest("cursor is not valid", param="cursor")
+    return key
+
+
+__all__ = ["ZERO", "ChangeResult", "HistoryPage", "LedgerService"]

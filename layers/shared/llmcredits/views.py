@@ -1,0 +1,37 @@
+"""Wire shapes of accounts and ledger entries: money as 6-place decimal strings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llmcredits.domain.ledger import Account, LedgerEntry
+from llmcredits.money import format_money
+
+
+def account_view(account: Account) -> dict[str, Any]:
+    return {
+        "user_id": account.user_id,
+        "balance": format_money(account.balance),
+        "held": format_money(account.held),
+        "available": format_money(account.available),
+        "tier": account.tier.value,
+        "monthly_cap": None if account.monthly_cap is None else format_money(account.monthly_cap),
+        "month": account.month,
+        "month_spent": format_money(account.month_spent),
+        "created_at": account.created_at,
+    }
+
+
+def entry_view(entry: LedgerEntry) -> dict[str, Any]:
+    return {
+        "id": entry.id,
+        "created_at": entry.created_at,
+        "type": entry.type.value,
+        "amount": format_money(entry.amount),
+        "balance_after": format_money(entry.balance_after),
+        "provider": entry.provider,
+        "model": entry.model,
+        "tokens": entry.tokens,
+        "cost": None if entry.cost is None else format_money(entry.cost),
+        "metadata": entry.metadata,
+    }

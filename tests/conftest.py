@@ -1,0 +1,49 @@
+"""Shared fixtures: moto-backed table from template.yaml, handler invocation helpers."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "layers" / "shared"))
+
+pytest_plugins = ["tests.dynamodb_local_fixture"]
+
+# Never let a test reach real AWS, whatever the developer's shell has.
+os.environ.update(
+    {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_REGION": "us-east-1",
+        "POWERTOOLS_TRACE_DISABLED": "true",
+        "POWERTOOLS_METRICS_DISABLED": "true",
+        "POWERTOOLS_SERVICE_NAME": "llmcredits",
+    }
+)
+os.environ.pop("AWS_PROFILE", None)
+os.environ.pop("DYNAMODB_ENDPOINT", None)
+
+
+@pytest.fixture
+def aws() -> Iterator[None]:
+    """moto in-process with the ledger table created from template.yaml."""
+    from llmcredits import bootstrap
+    from moto import mock_aws
+
+    from tests.support import create_table_from_template
+
+    with mock_aws():
+        os.environ["TABLE_NAME"] = "llmcredits-test"
+        bootstrap.reset()
+        import boto3
+
+        create_table_from_template(boto3.client("dynamodb"), "llmcredits-test")
+        yield
+        bootstrap.reset()
