@@ -39,6 +39,7 @@ def create_table_from_template(client: Any, name: str) -> None:
         KeySchema=props["KeySchema"],
         AttributeDefinitions=props["AttributeDefinitions"],
         BillingMode=props["BillingMode"],
+        GlobalSecondaryIndexes=props.get("GlobalSecondaryIndexes", []),
         StreamSpecification={"StreamEnabled": True, **props["StreamSpecification"]},
     )
     client.get_waiter("table_exists").wait(TableName=name)

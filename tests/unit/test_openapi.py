@@ -1,6 +1,7 @@
 """GET /openapi.json serves a document generated from the handlers, and it is current."""
 
 from llmcredits.openapi_doc import build_document, load_document
+
 from tests.support import FUNCTIONS, event, invoke, template
 
 

@@ -88,6 +88,20 @@ class RateLimited(ApiError):
     code = "rate_limited"
 
 
+class UpstreamError(ApiError):
+    """The LLM upstream failed; nothing was charged."""
+
+    status = 502
+    type = "upstream_error"
+    code = "upstream_error"
+
+
+class UpstreamTimeout(ApiError):
+    status = 504
+    type = "upstream_error"
+    code = "upstream_timeout"
+
+
 class ContentionTimeout(ApiError):
     """Too many concurrent writers on one account; safe to retry (nothing was written)."""
 

@@ -20,17 +20,26 @@ from botocore.exceptions import ClientError
 from llmcredits.domain.ledger import (
     Account,
     EntryType,
+    Hold,
     IdempotencyClaim,
     LedgerEntry,
     Mutation,
     Tier,
 )
-from llmcredits.domain.ports import EntryPage, IdempotentReplay, StaleRead, StoredResult
+from llmcredits.domain.ports import (
+    EntryPage,
+    HoldGone,
+    IdempotentReplay,
+    StaleRead,
+    StoredResult,
+)
 
 ACCOUNT_SK = "ACCOUNT"
 LEDGER_PREFIX = "LEDGER#"
 IDEMPOTENCY_PREFIX = "IDEMP#"
 HOLD_PREFIX = "HOLD#"
+HOLD_SHARDS = 8
+HOLDS_INDEX = "HoldsByAge"
 IDEMPOTENCY_TTL_SECONDS = 24 * 3600
 
 _serializer = TypeSerializer()
@@ -71,6 +80,45 @@ def account_from_item(item: dict[str, Any]) -> Account:
         created_at=data.get("created_at", ""),
         updated_at=data.get("updated_at", ""),
         flags=frozenset(data.get("flags", ())),
+        rate_window=int(data.get("rate_window", 0)),
+        rate_count=int(data.get("rate_count", 0)),
+    )
+
+
+def hold_sk(hold_id: str) -> str:
+    return f"{HOLD_PREFIX}{hold_id}"
+
+
+def hold_to_item(hold: Hold) -> dict[str, Any]:
+    # hold_shard/hold_created_at put open holds on the sparse HoldsByAge index, spread
+    # over shards so the index has no hot partition; the sweeper reads each shard.
+    shard = int(hold.id[:8], 16) % HOLD_SHARDS
+    return to_item(
+        {
+            "PK": user_pk(hold.user_id),
+            "SK": hold_sk(hold.id),
+            "kind": "hold",
+            "id": hold.id,
+            "user_id": hold.user_id,
+            "amount": hold.amount,
+            "created_at": hold.created_at,
+            "request_id": hold.request_id,
+            "model": hold.model,
+            "hold_shard": f"HOLDS#{shard}",
+            "hold_created_at": hold.created_at,
+        }
+    )
+
+
+def hold_from_item(item: dict[str, Any]) -> Hold:
+    data = from_item(item)
+    return Hold(
+        id=data["id"],
+        user_id=data["user_id"],
+        amount=data["amount"],
+        created_at=data["created_at"],
+        request_id=data.get("request_id", ""),
+        model=data.get("model", ""),
     )
 
 
@@ -244,8 +292,31 @@ class DynamoLedgerStore:
         entry: LedgerEntry | None,
         now: str,
         idempotency: tuple[IdempotencyClaim, StoredResult] | None = None,
+        hold_put: Hold | None = None,
+        hold_delete: Hold | None = None,
     ) -> None:
-        items = [{"Update": self._mutation_update(user_id, mutation, now)}]
+        items: list[dict[str, Any]] = [{"Update": self._mutation_update(user_id, mutation, now)}]
+        if hold_put is not None:
+            items.append(
+                {
+                    "Put": {
+                        "TableName": self._table,
+                        "Item": hold_to_item(hold_put),
+                        "ConditionExpression": "attribute_not_exists(PK)",
+                    }
+                }
+            )
+        if hold_delete is not None:
+            # Settled or released once: a second settle/release of the same hold fails here.
+            items.append(
+                {
+                    "Delete": {
+                        "TableName": self._table,
+                        "Key": to_item({"PK": user_pk(user_id), "SK": hold_sk(hold_delete.id)}),
+                        "ConditionExpression": "attribute_exists(PK)",
+                    }
+                }
+            )
         if entry is not None:
             items.append(
                 {
@@ -286,6 +357,10 @@ class DynamoLedgerStore:
             if _code(exc) != "TransactionCanceledException":
                 raise
             reasons = [r.get("Code") for r in exc.response.get("CancellationReasons", [])]
+            if hold_delete is not None and len(reasons) == len(items):
+                position = 2 if hold_put is not None else 1
+                if reasons[position] == "ConditionalCheckFailed":
+                    raise HoldGone(hold_delete.id) from exc
             if (
                 idempotency is not None
                 and len(reasons) == len(items)
@@ -330,6 +405,17 @@ class DynamoLedgerStore:
                 values[":rh"] = mutation.require_headroom
         elif mutation.capped is False:
             conditions.append("attribute_not_exists(cap_headroom)")
+        if mutation.rate is not None:
+            values[":rw"] = mutation.rate.window
+            if mutation.rate.same_window:
+                conditions.append("rate_window = :rw AND rate_count < :rl")
+                values[":rl"] = mutation.rate.limit
+                sets.append("rate_count = rate_count + :one")
+                values[":one"] = 1
+            else:
+                conditions.append("(attribute_not_exists(rate_window) OR rate_window < :rw)")
+                sets.append("rate_window = :rw, rate_count = :one")
+                values[":one"] = 1
         sets.append("updated_at = :now")
         values[":now"] = now
         return {
@@ -358,6 +444,35 @@ class DynamoLedgerStore:
             status=int(data["status"]),
             body=json.loads(data["body"], parse_float=Decimal),
         )
+
+    def get_hold(self, user_id: str, hold_id: str) -> Hold | None:
+        resp = self._client.get_item(
+            TableName=self._table,
+            Key=to_item({"PK": user_pk(user_id), "SK": hold_sk(hold_id)}),
+            ConsistentRead=True,
+        )
+        item = resp.get("Item")
+        return hold_from_item(item) if item else None
+
+    def holds_created_before(self, cutoff: str) -> list[Hold]:
+        """Open holds older than ``cutoff``, from every shard of the HoldsByAge index."""
+        found: list[Hold] = []
+        for shard in range(HOLD_SHARDS):
+            kwargs: dict[str, Any] = {
+                "TableName": self._table,
+                "IndexName": HOLDS_INDEX,
+                "KeyConditionExpression": "hold_shard = :s AND hold_created_at < :cutoff",
+                "ExpressionAttributeValues": to_item(
+                    {":s": f"HOLDS#{shard}", ":cutoff": cutoff}
+                ),
+            }
+            while True:
+                resp = self._client.query(**kwargs)
+                found.extend(hold_from_item(item) for item in resp.get("Items", []))
+                if "LastEvaluatedKey" not in resp:
+                    break
+                kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+        return found
 
     def sum_open_holds(self, user_id: str) -> Decimal:
         total = Decimal(0)

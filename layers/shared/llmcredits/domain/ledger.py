@@ -17,7 +17,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
-from llmcredits.errors import InsufficientCredits, MonthlyCapReached
+from llmcredits.errors import InsufficientCredits, MonthlyCapReached, RateLimited
 from llmcredits.money import ZERO
 
 
@@ -64,6 +64,8 @@ class Account:
     created_at: str = ""
     updated_at: str = ""
     flags: frozenset[str] = field(default_factory=frozenset)
+    rate_window: int = 0
+    rate_count: int = 0
 
     @property
     def held(self) -> Decimal:
@@ -98,6 +100,15 @@ def with_monthly_cap(account: Account, cap: Decimal | None) -> Account:
 
 
 @dataclass(frozen=True)
+class RateGuard:
+    """A fixed one-minute window: at most ``limit`` holds per window."""
+
+    window: int  # epoch minute
+    limit: int
+    same_window: bool  # the account's stored window is this one (count it) or older (reset)
+
+
+@dataclass(frozen=True)
 class Mutation:
     """One conditional change to an account, planned from a read of it.
 
@@ -118,6 +129,8 @@ class Mutation:
     require_headroom: Decimal | None = None
     # True: the account must have a cap; False: it must have none; None: cap untouched.
     capped: bool | None = None
+    # Per-minute request counter, checked and counted in the same write.
+    rate: RateGuard | None = None
 
     @property
     def balance_after(self) -> Decimal:
@@ -185,6 +198,74 @@ def check_spend(account: Account, amount: Decimal) -> None:
             f"Monthly spending cap of {account.monthly_cap} reached for {account.month}. "
             "Raise it with PUT /api/v1/llm/credits/monthly-cap."
         )
+
+
+def rate_guard(account: Account, now: datetime, limit: int) -> RateGuard:
+    """Raise 429 if the caller used up this minute; else the guard that counts this request."""
+    window = int(now.timestamp()) // 60
+    same = account.rate_window == window
+    if same and account.rate_count >= limit:
+        retry_after = 60 - int(now.timestamp()) % 60
+        raise RateLimited(
+            f"Rate limit of {limit} requests per minute reached for the {account.tier.value} "
+            f"tier; retry in {retry_after} s.",
+            headers={"Retry-After": str(retry_after)},
+        )
+    return RateGuard(window=window, limit=limit, same_window=same)
+
+
+@dataclass(frozen=True)
+class Hold:
+    """Credits reserved for one chat request in flight: an upper bound of its charge."""
+
+    id: str
+    user_id: str
+    amount: Decimal
+    created_at: str
+    request_id: str = ""
+    model: str = ""
+
+
+def plan_reserve(account: Account, amount: Decimal, rate: RateGuard | None) -> Mutation:
+    """Take ``amount`` out of ``available`` (and cap headroom); the balance is untouched."""
+    check_spend(account, amount)
+    capped = account.monthly_cap is not None
+    return Mutation(
+        month=account.month,
+        available_delta=-amount,
+        headroom_delta=-amount if capped else ZERO,
+        require_available=amount,
+        require_headroom=amount if capped else None,
+        capped=capped,
+        rate=rate,
+    )
+
+
+def plan_settle(account: Account, hold: Hold, cost: Decimal) -> Mutation:
+    """Charge ``cost`` (<= the hold) and give the rest of the hold back."""
+    if cost > hold.amount or cost < ZERO:
+        raise ValueError("a settlement must be between 0 and its hold")
+    capped = account.monthly_cap is not None
+    return Mutation(
+        month=account.month,
+        balance_delta=-cost,
+        available_delta=hold.amount - cost,
+        spend_delta=cost,
+        headroom_delta=hold.amount - cost if capped else ZERO,
+        expected_balance=account.balance,
+        capped=capped,
+    )
+
+
+def plan_release(account: Account, hold: Hold) -> Mutation:
+    """Give a hold back in full (upstream failed, or the request died)."""
+    capped = account.monthly_cap is not None
+    return Mutation(
+        month=account.month,
+        available_delta=hold.amount,
+        headroom_delta=hold.amount if capped else ZERO,
+        capped=capped,
+    )
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from typing import Any, Protocol
 
 from llmcredits.domain.ledger import (
     Account,
+    Hold,
     IdempotencyClaim,
     LedgerEntry,
     Mutation,
@@ -17,6 +18,10 @@ from llmcredits.domain.ledger import (
 
 class StaleRead(Exception):
     """A guard failed because the account changed since it was read: re-read and retry."""
+
+
+class HoldGone(Exception):
+    """The hold was already settled or released (e.g. by the sweeper)."""
 
 
 @dataclass(frozen=True)
@@ -58,9 +63,12 @@ class LedgerStore(Protocol):
         entry: LedgerEntry | None,
         now: str,
         idempotency: tuple[IdempotencyClaim, StoredResult] | None = None,
+        hold_put: Hold | None = None,
+        hold_delete: Hold | None = None,
     ) -> None:
         """Apply ``mutation`` and write ``entry`` and the idempotency record atomically.
 
+        ``hold_put`` opens a hold, ``hold_delete`` closes one (fails with HoldGone if closed).
         Raises StaleRead when a guard fails and IdempotentReplay when the key was used.
         """
         ...
@@ -73,6 +81,10 @@ class LedgerStore(Protocol):
         ...
 
     def sum_open_holds(self, user_id: str) -> Decimal: ...
+
+    def get_hold(self, user_id: str, hold_id: str) -> Hold | None: ...
+
+    def holds_created_before(self, cutoff: str) -> list[Hold]: ...
 
     def list_entries(
         self, user_id: str, limit: int, after_key: str | None, entry_type: str | None

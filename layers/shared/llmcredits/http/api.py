@@ -21,11 +21,12 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from llmcredits.errors import ApiError, Forbidden, Unauthorized, error_body
+from llmcredits.errors import ApiError, Forbidden, PayloadTooLarge, Unauthorized, error_body
 
 API_PREFIX = "/api/v1/llm"
 ADMIN_SCOPE = "llmcredits/admin"
 JSON = "application/json"
+DEFAULT_MAX_BODY_BYTES = 64 * 1024
 
 logger = Logger(service="llmcredits")
 tracer = Tracer(service="llmcredits")
@@ -150,7 +151,7 @@ def header(app: APIGatewayHttpResolver, name: str) -> str | None:
 
 
 def entry_point(
-    app: APIGatewayHttpResolver,
+    app: APIGatewayHttpResolver, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
 ) -> Callable[[dict[str, Any], LambdaContext], dict[str, Any]]:
     """The Lambda handler for ``app``, with logging, metrics and tracing."""
 
@@ -158,6 +159,17 @@ def entry_point(
     @tracer.capture_lambda_handler
     @metrics.log_metrics(raise_on_empty_metrics=False)
     def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+        body = event.get("body") or ""
+        # base64 bodies are 4/3 of their size; either way, refuse before parsing.
+        size = len(body) * 3 // 4 if event.get("isBase64Encoded") else len(body.encode())
+        if size > max_body_bytes:
+            err = PayloadTooLarge(f"The request body is over {max_body_bytes} bytes.")
+            return {
+                "statusCode": err.status,
+                "headers": {"Content-Type": JSON},
+                "body": dumps(err.body()),
+                "isBase64Encoded": False,
+            }
         return app.resolve(event, context)
 
     return handler

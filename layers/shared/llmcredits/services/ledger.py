@@ -15,13 +15,14 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from llmcredits.domain.ledger import (
     Account,
     EntryType,
+    Hold,
     IdempotencyClaim,
     LedgerEntry,
     Mutation,
@@ -29,12 +30,17 @@ from llmcredits.domain.ledger import (
     fingerprint,
     month_of,
     plan_credit,
+    plan_release,
+    plan_reserve,
+    plan_settle,
     plan_usage_debit,
+    rate_guard,
     rolled_over,
     timestamp,
     with_monthly_cap,
 )
 from llmcredits.domain.ports import (
+    HoldGone,
     IdempotentReplay,
     LedgerStore,
     StaleRead,
@@ -248,6 +254,105 @@ class LedgerService:
     def _backoff(self, attempt: int) -> None:
         # Full jitter: contending writers spread out instead of colliding again.
         self._sleep(random.uniform(0, min(MAX_BACKOFF_SECONDS, 0.001 * 2**attempt)))  # noqa: S311
+
+    # -- holds (metered chat) ---------------------------------------------------------
+
+    def reserve(
+        self,
+        account: Account,
+        amount: Decimal,
+        *,
+        rate_limit: int | None,
+        request_id: str = "",
+        model: str = "",
+    ) -> Hold:
+        """Reserve ``amount`` with one conditional write that also enforces the monthly
+        cap and the per-minute rate limit. Raises 402/429; writes nothing then."""
+        for attempt in range(MAX_ATTEMPTS):
+            now = self._clock()
+            rate = None if rate_limit is None else rate_guard(account, now, rate_limit)
+            mutation = plan_reserve(account, amount, rate)  # raises the 402s
+            hold = Hold(
+                id=uuid.uuid4().hex,
+                user_id=account.user_id,
+                amount=amount,
+                created_at=timestamp(now),
+                request_id=request_id,
+                model=model,
+            )
+            try:
+                self._store.commit(
+                    account.user_id, mutation, None, timestamp(now), hold_put=hold
+                )
+                return hold
+            except StaleRead:
+                self._backoff(attempt)
+                account = self.account(account.user_id)
+        raise ContentionTimeout("The account is busy; retry the request.")
+
+    def settle(
+        self,
+        account: Account,
+        hold: Hold,
+        cost: Decimal,
+        *,
+        provider: str | None,
+        model: str | None,
+        tokens: int | None,
+        metadata: dict[str, Any],
+    ) -> LedgerEntry:
+        """Charge ``cost`` (at most the hold), release the rest and write the usage entry,
+        in one transaction. ``account`` is a recent read; a stale one costs a retry."""
+        for attempt in range(MAX_ATTEMPTS):
+            now = self._clock()
+            mutation = plan_settle(account, hold, cost)
+            entry = LedgerEntry(
+                id=uuid.uuid4().hex,
+                user_id=account.user_id,
+                created_at=timestamp(now),
+                type=EntryType.USAGE,
+                amount=mutation.balance_delta,
+                balance_after=mutation.balance_after,
+                provider=provider,
+                model=model,
+                tokens=tokens,
+                cost=cost,
+                metadata={**metadata, "hold_id": hold.id, "hold": format_money(hold.amount)},
+            )
+            try:
+                self._store.commit(
+                    account.user_id, mutation, entry, timestamp(now), hold_delete=hold
+                )
+                return entry
+            except StaleRead:
+                self._backoff(attempt)
+                account = self.account(account.user_id)
+        raise ContentionTimeout("The account is busy; retry the request.")
+
+    def release(self, hold: Hold, account: Account | None = None) -> bool:
+        """Give a hold back in full. False if it was already settled or released."""
+        account = account or self.account(hold.user_id)
+        for attempt in range(MAX_ATTEMPTS):
+            try:
+                self._store.commit(
+                    hold.user_id,
+                    plan_release(account, hold),
+                    None,
+                    timestamp(self._clock()),
+                    hold_delete=hold,
+                )
+                return True
+            except HoldGone:
+                return False
+            except StaleRead:
+                self._backoff(attempt)
+                account = self.account(hold.user_id)
+        raise ContentionTimeout("The account is busy; retry the request.")
+
+    def sweep_holds(self, max_age_seconds: int) -> list[Hold]:
+        """Release holds of requests that died (older than any live request can be)."""
+        cutoff = timestamp(self._clock() - timedelta(seconds=max_age_seconds))
+        return [hold for hold in self._store.holds_created_before(cutoff) if self.release(hold)]
 
     # -- history ----------------------------------------------------------------------
 

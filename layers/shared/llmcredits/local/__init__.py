@@ -1,0 +1,31 @@
+"""Local stack for ``make dev``: API Gateway HTTP API + Lambda + AWS emulation.
+
+* :mod:`llmcredits.local.template` — reads ``template.yaml`` (CloudFormation tags).
+* :mod:`llmcredits.local.authorizer` — the JWT authorizer emulation and dev tokens.
+* :mod:`llmcredits.local.embedded` — moto in-process (serialized DynamoDB) or DynamoDB Local.
+* :mod:`llmcredits.local.server` — :class:`~llmcredits.local.server.LocalStack`.
+
+Imports are lazy so that ``llmcredits token`` does not load moto.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from llmcredits.local.authorizer import JwtAuthority, issue_token
+    from llmcredits.local.server import LocalStack
+
+__all__ = ["JwtAuthority", "LocalStack", "issue_token"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "LocalStack":
+        from llmcredits.local.server import LocalStack
+
+        return LocalStack
+    if name in ("JwtAuthority", "issue_token"):
+        from llmcredits.local import authorizer
+
+        return getattr(authorizer, name)
+    raise AttributeError(name)
