@@ -5,12 +5,15 @@ Keys (one partition per user, so each money change is one TransactWriteItems):
   PK=USER#<id>  SK=LEDGER#<created_at>#<entry id>   a ledger entry (newest first by SK)
   PK=USER#<id>  SK=IDEMP#<scope>#<key>              an idempotency record (TTL)
   PK=USER#<id>  SK=HOLD#<hold id>                   an open hold of a chat request in flight
+  PK=USER#<id>  SK=RECORD#<key>                     bookkeeping (e.g. a Stripe event applied)
+  PK=RECORD#<key> SK=RECORD                         a global record (e.g. payment -> user)
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -24,12 +27,14 @@ from llmcredits.domain.ledger import (
     IdempotencyClaim,
     LedgerEntry,
     Mutation,
+    RecordWrite,
     Tier,
 )
 from llmcredits.domain.ports import (
     EntryPage,
     HoldGone,
     IdempotentReplay,
+    RecordConflict,
     StaleRead,
     StoredResult,
 )
@@ -83,6 +88,12 @@ def account_from_item(item: dict[str, Any]) -> Account:
         rate_window=int(data.get("rate_window", 0)),
         rate_count=int(data.get("rate_count", 0)),
     )
+
+
+def record_key(key: str, owner: str | None) -> tuple[str, str]:
+    if owner is None:
+        return f"RECORD#{key}", "RECORD"
+    return user_pk(owner), f"RECORD#{key}"
 
 
 def hold_sk(hold_id: str) -> str:
@@ -294,18 +305,14 @@ class DynamoLedgerStore:
         idempotency: tuple[IdempotencyClaim, StoredResult] | None = None,
         hold_put: Hold | None = None,
         hold_delete: Hold | None = None,
+        records: Sequence[RecordWrite] = (),
     ) -> None:
         items: list[dict[str, Any]] = [{"Update": self._mutation_update(user_id, mutation, now)}]
+        record_at = {len(items) + i: record for i, record in enumerate(records)}
+        items.extend({"Put": self._record_put(record)} for record in records)
         if hold_put is not None:
-            items.append(
-                {
-                    "Put": {
-                        "TableName": self._table,
-                        "Item": hold_to_item(hold_put),
-                        "ConditionExpression": "attribute_not_exists(PK)",
-                    }
-                }
-            )
+            items.append({"Put": self._put_new(hold_to_item(hold_put))})
+        hold_delete_at = len(items)
         if hold_delete is not None:
             # Settled or released once: a second settle/release of the same hold fails here.
             items.append(
@@ -318,54 +325,24 @@ class DynamoLedgerStore:
                 }
             )
         if entry is not None:
-            items.append(
-                {
-                    "Put": {
-                        "TableName": self._table,
-                        "Item": entry_to_item(entry),
-                        "ConditionExpression": "attribute_not_exists(PK)",
-                    }
-                }
-            )
+            items.append({"Put": self._put_new(entry_to_item(entry))})
         if idempotency is not None:
-            claim, result = idempotency
-            epoch = int(time.time())
-            items.append(
-                {
-                    "Put": {
-                        "TableName": self._table,
-                        "Item": to_item(
-                            {
-                                "PK": user_pk(user_id),
-                                "SK": idempotency_sk(claim),
-                                "kind": "idempotency",
-                                "fingerprint": result.fingerprint,
-                                "status": result.status,
-                                "body": json.dumps(result.body, sort_keys=True),
-                                "expires_at": epoch + IDEMPOTENCY_TTL_SECONDS,
-                            }
-                        ),
-                        # An expired record TTL has not deleted yet counts as absent.
-                        "ConditionExpression": "attribute_not_exists(PK) OR expires_at < :now",
-                        "ExpressionAttributeValues": {":now": {"N": str(epoch)}},
-                    }
-                }
-            )
+            items.append({"Put": self._idempotency_put(user_id, *idempotency)})
         try:
             self._client.transact_write_items(TransactItems=items)
         except ClientError as exc:
             if _code(exc) != "TransactionCanceledException":
                 raise
             reasons = [r.get("Code") for r in exc.response.get("CancellationReasons", [])]
-            if hold_delete is not None and len(reasons) == len(items):
-                position = 2 if hold_put is not None else 1
-                if reasons[position] == "ConditionalCheckFailed":
-                    raise HoldGone(hold_delete.id) from exc
-            if (
-                idempotency is not None
-                and len(reasons) == len(items)
-                and reasons[-1] == "ConditionalCheckFailed"
-            ):
+            failed = {
+                i for i, code in enumerate(reasons) if code == "ConditionalCheckFailed"
+            } if len(reasons) == len(items) else set()
+            for position, record in record_at.items():
+                if position in failed:
+                    raise RecordConflict(record.key) from exc
+            if hold_delete is not None and hold_delete_at in failed:
+                raise HoldGone(hold_delete.id) from exc
+            if idempotency is not None and len(items) - 1 in failed:
                 stored = self.get_idempotent_result(user_id, idempotency[0])
                 if stored is not None:
                     raise IdempotentReplay(stored) from exc
@@ -444,6 +421,65 @@ class DynamoLedgerStore:
             status=int(data["status"]),
             body=json.loads(data["body"], parse_float=Decimal),
         )
+
+    def _put_new(self, item: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "TableName": self._table,
+            "Item": item,
+            "ConditionExpression": "attribute_not_exists(PK)",
+        }
+
+    def _idempotency_put(
+        self, user_id: str, claim: IdempotencyClaim, result: StoredResult
+    ) -> dict[str, Any]:
+        epoch = int(time.time())
+        return {
+            "TableName": self._table,
+            "Item": to_item(
+                {
+                    "PK": user_pk(user_id),
+                    "SK": idempotency_sk(claim),
+                    "kind": "idempotency",
+                    "fingerprint": result.fingerprint,
+                    "status": result.status,
+                    "body": json.dumps(result.body, sort_keys=True),
+                    "expires_at": epoch + IDEMPOTENCY_TTL_SECONDS,
+                }
+            ),
+            # An expired record that TTL has not deleted yet counts as absent.
+            "ConditionExpression": "attribute_not_exists(PK) OR expires_at < :now",
+            "ExpressionAttributeValues": {":now": {"N": str(epoch)}},
+        }
+
+    def _record_put(self, record: RecordWrite) -> dict[str, Any]:
+        pk, sk = record_key(record.key, record.owner)
+        put: dict[str, Any] = {
+            "TableName": self._table,
+            "Item": to_item({**record.values, "PK": pk, "SK": sk, "kind": "record"}),
+        }
+        if record.expect is None:
+            put["ConditionExpression"] = "attribute_not_exists(PK)"
+        else:
+            names = {f"#e{i}": name for i, name in enumerate(record.expect)}
+            put["ConditionExpression"] = " AND ".join(f"#e{i} = :e{i}" for i in range(len(names)))
+            put["ExpressionAttributeNames"] = names
+            put["ExpressionAttributeValues"] = to_item(
+                {f":e{i}": value for i, value in enumerate(record.expect.values())}
+            )
+        return put
+
+    def get_record(self, key: str, owner: str | None) -> dict[str, Any] | None:
+        pk, sk = record_key(key, owner)
+        resp = self._client.get_item(
+            TableName=self._table, Key=to_item({"PK": pk, "SK": sk}), ConsistentRead=True
+        )
+        item = resp.get("Item")
+        if not item:
+            return None
+        data = from_item(item)
+        for name in ("PK", "SK", "kind"):
+            data.pop(name, None)
+        return data
 
     def get_hold(self, user_id: str, hold_id: str) -> Hold | None:
         resp = self._client.get_item(

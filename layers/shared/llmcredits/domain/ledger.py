@@ -292,6 +292,23 @@ class IdempotencyClaim:
     fingerprint: str
 
 
+@dataclass(frozen=True)
+class RecordWrite:
+    """A bookkeeping record written in the same transaction as a money change.
+
+    ``key`` names it (e.g. "stripe-event:evt_1"); ``owner`` is the user whose partition
+    holds it, or None for a global record (e.g. a payment id -> user lookup).
+    ``expect`` None means the record must not exist yet (dedupe); otherwise each listed
+    attribute must still have that value (optimistic guard). The record is then
+    replaced by ``values``.
+    """
+
+    key: str
+    values: dict[str, Any]
+    owner: str | None
+    expect: dict[str, Any] | None = None
+
+
 def fingerprint(payload: dict[str, Any]) -> str:
     """Stable hash of a request's meaningful fields (Decimals as their exact strings)."""
     canonical = json.dumps(payload, sort_keys=True, default=str, separators=(",", ":"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Protocol
@@ -12,12 +13,21 @@ from llmcredits.domain.ledger import (
     IdempotencyClaim,
     LedgerEntry,
     Mutation,
+    RecordWrite,
     Tier,
 )
 
 
 class StaleRead(Exception):
     """A guard failed because the account changed since it was read: re-read and retry."""
+
+
+class RecordConflict(Exception):
+    """A RecordWrite's condition failed: it exists already, or changed since read."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
 
 
 class HoldGone(Exception):
@@ -65,10 +75,12 @@ class LedgerStore(Protocol):
         idempotency: tuple[IdempotencyClaim, StoredResult] | None = None,
         hold_put: Hold | None = None,
         hold_delete: Hold | None = None,
+        records: Sequence[RecordWrite] = (),
     ) -> None:
         """Apply ``mutation`` and write ``entry`` and the idempotency record atomically.
 
         ``hold_put`` opens a hold, ``hold_delete`` closes one (fails with HoldGone if closed).
+        ``records`` are written too (RecordConflict when one's condition fails).
         Raises StaleRead when a guard fails and IdempotentReplay when the key was used.
         """
         ...
@@ -83,6 +95,8 @@ class LedgerStore(Protocol):
     def sum_open_holds(self, user_id: str) -> Decimal: ...
 
     def get_hold(self, user_id: str, hold_id: str) -> Hold | None: ...
+
+    def get_record(self, key: str, owner: str | None) -> dict[str, Any] | None: ...
 
     def holds_created_before(self, cutoff: str) -> list[Hold]: ...
 

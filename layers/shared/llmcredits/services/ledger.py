@@ -13,7 +13,7 @@ import json
 import random
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -26,9 +26,11 @@ from llmcredits.domain.ledger import (
     IdempotencyClaim,
     LedgerEntry,
     Mutation,
+    RecordWrite,
     Tier,
     fingerprint,
     month_of,
+    plan_clawback,
     plan_credit,
     plan_release,
     plan_reserve,
@@ -198,6 +200,49 @@ class LedgerService:
             status=200,
         )
 
+    def credit(
+        self,
+        user_id: str,
+        amount: Decimal,
+        entry_type: EntryType,
+        *,
+        metadata: dict[str, Any],
+        records: Sequence[RecordWrite] = (),
+    ) -> ChangeResult:
+        """Money in (e.g. a purchase) with bookkeeping records in the same transaction.
+
+        Raises RecordConflict (nothing written) when a record's condition fails, e.g. the
+        Stripe event was applied already."""
+        return self._change(
+            user_id,
+            plan=lambda account: plan_credit(account, amount),
+            entry_type=entry_type,
+            details={"metadata": metadata},
+            claim=None,
+            status=200,
+            records=records,
+        )
+
+    def clawback(
+        self,
+        user_id: str,
+        amount: Decimal,
+        entry_type: EntryType,
+        *,
+        metadata: dict[str, Any],
+        records: Sequence[RecordWrite] = (),
+    ) -> ChangeResult:
+        """Money taken back after a refund or dispute; may leave the balance negative."""
+        return self._change(
+            user_id,
+            plan=lambda account: plan_clawback(account, amount),
+            entry_type=entry_type,
+            details={"metadata": metadata},
+            claim=None,
+            status=200,
+            records=records,
+        )
+
     def _change(
         self,
         user_id: str,
@@ -206,6 +251,7 @@ class LedgerService:
         details: dict[str, Any],
         claim: IdempotencyClaim | None,
         status: int,
+        records: Sequence[RecordWrite] = (),
     ) -> ChangeResult:
         if claim is not None:
             stored = self._store.get_idempotent_result(user_id, claim)
@@ -233,7 +279,9 @@ class LedgerService:
             if claim is not None:
                 record = (claim, StoredResult(claim.fingerprint, status, body))
             try:
-                self._store.commit(user_id, mutation, entry, timestamp(now), record)
+                self._store.commit(
+                    user_id, mutation, entry, timestamp(now), record, records=records
+                )
                 return ChangeResult(status, body)
             except IdempotentReplay as replay:
                 assert claim is not None

@@ -1,0 +1,222 @@
+"""Embedded AWS for the local stack: moto in-process, resources from template.yaml.
+
+* DynamoDB: the template's tables are created in moto, or, when env
+  ``DYNAMODB_ENDPOINT`` is set, on that endpoint (DynamoDB Local) if missing.
+* KMS: the template's keys (and aliases) are created in moto.
+
+moto is not atomic under concurrent requests, so every DynamoDB and DynamoDB
+Streams request handled by moto runs under one global lock (:data:`MOTO_DYNAMODB_LOCK`):
+conditional writes and transactions then behave atomically under a threaded server.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import boto3
+
+from llmcredits.local.template import ResourceValues, Template, Unresolvable
+
+log = logging.getLogger("llmcredits.local")
+
+#: Serializes every DynamoDB (and Streams) request served by moto.
+MOTO_DYNAMODB_LOCK = threading.RLock()
+_patch_lock = threading.Lock()
+_patched = False
+
+
+def install_moto_dynamodb_lock() -> None:
+    """Wrap moto's DynamoDB/Streams request dispatch in :data:`MOTO_DYNAMODB_LOCK` (idempotent)."""
+    global _patched
+    with _patch_lock:
+        if _patched:
+            return
+        from moto.dynamodb.responses import DynamoHandler
+        from moto.dynamodbstreams.responses import DynamoDBStreamsHandler
+
+        for cls in (DynamoHandler, DynamoDBStreamsHandler):
+            original: Callable[..., Any] = cls.call_action
+
+            def locked(
+                self: Any, *args: Any, _orig: Callable[..., Any] = original, **kwargs: Any
+            ) -> Any:
+                with MOTO_DYNAMODB_LOCK:
+                    return _orig(self, *args, **kwargs)
+
+            functools.update_wrapper(locked, original)
+            cls.call_action = locked  # type: ignore[method-assign]
+        _patched = True
+
+
+def region() -> str:
+    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+
+
+def dynamodb_client(endpoint: str | None = None) -> Any:
+    return boto3.client("dynamodb", region_name=region(), endpoint_url=endpoint or None)
+
+
+def streams_client(endpoint: str | None = None) -> Any:
+    return boto3.client("dynamodbstreams", region_name=region(), endpoint_url=endpoint or None)
+
+
+def _table_request(name: str, props: Mapping[str, Any]) -> dict[str, Any]:
+    billing = props.get("BillingMode", "PROVISIONED")
+    req: dict[str, Any] = {
+        "TableName": name,
+        "KeySchema": props["KeySchema"],
+        "AttributeDefinitions": props["AttributeDefinitions"],
+        "BillingMode": billing,
+    }
+    if billing != "PAY_PER_REQUEST":
+        req["ProvisionedThroughput"] = props.get(
+            "ProvisionedThroughput", {"ReadCapacityUnits": 5, "WriteCapacityUnits": 5}
+        )
+    for index_kind in ("GlobalSecondaryIndexes", "LocalSecondaryIndexes"):
+        indexes = props.get(index_kind)
+        if indexes:
+            cleaned = []
+            for index in indexes:
+                index = dict(index)
+                if billing == "PAY_PER_REQUEST":
+                    index.pop("ProvisionedThroughput", None)
+                index.pop("ContributorInsightsSpecification", None)
+                cleaned.append(index)
+            req[index_kind] = cleaned
+    stream = props.get("StreamSpecification")
+    if stream and stream.get("StreamViewType"):
+        req["StreamSpecification"] = {
+            "StreamEnabled": True,
+            "StreamViewType": stream["StreamViewType"],
+        }
+    return req
+
+
+class EmbeddedAws:
+    """Starts moto (once per instance) and creates the template's tables and keys.
+
+    After :meth:`start`, ``resources`` maps logical ids to local physical values
+    (for !Ref / !GetAtt) and ``env`` holds the variables that were set
+    (``TABLE_NAME``, ``BYOK_KMS_KEY_ID``).
+    """
+
+    def __init__(
+        self,
+        template: Template,
+        dynamodb_endpoint: str | None = None,
+        stack_name: str = "llmcredits-local",
+    ) -> None:
+        self.template = template
+        self.dynamodb_endpoint = dynamodb_endpoint
+        self.stack_name = stack_name
+        self.resources: dict[str, ResourceValues] = {}
+        self.env: dict[str, str] = {}
+        self.table_names: dict[str, str] = {}
+        self._mock: Any = None
+        self._started = False
+
+    @property
+    def uses_moto_dynamodb(self) -> bool:
+        return not self.dynamodb_endpoint
+
+    def start(self) -> EmbeddedAws:
+        if self._started:
+            return self
+        from moto import mock_aws
+
+        install_moto_dynamodb_lock()
+        os.environ.setdefault("AWS_DEFAULT_REGION", region())
+        os.environ.setdefault("AWS_REGION", region())
+        if self.dynamodb_endpoint:
+            # DynamoDB Local accepts any credentials but scopes tables by key id.
+            os.environ.setdefault("AWS_ACCESS_KEY_ID", "local")
+            os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "local")
+        self._mock = mock_aws()
+        self._mock.start()
+        self._started = True
+        try:
+            self._create_tables()
+            self._create_keys()
+        except Exception:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        if self._started and self._mock is not None:
+            self._mock.stop()
+        self._mock = None
+        self._started = False
+
+    # -- DynamoDB ------------------------------------------------------------
+    def _create_tables(self) -> None:
+        client = dynamodb_client(self.dynamodb_endpoint)
+        resolver = self.template.resolver(self.resources, region=region())
+        for lid, raw_props in self.template.tables().items():
+            props = resolver.resolve(raw_props)
+            name = str(props.get("TableName") or f"{self.stack_name}-{lid}")
+            try:
+                desc = client.describe_table(TableName=name)["Table"]
+                log.info("using existing table %s on %s", name, self.dynamodb_endpoint)
+            except client.exceptions.ResourceNotFoundException:
+                desc = client.create_table(**_table_request(name, props))["TableDescription"]
+                client.get_waiter("table_exists").wait(
+                    TableName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 30}
+                )
+                ttl = props.get("TimeToLiveSpecification") or {}
+                if ttl.get("Enabled") in (True, "true") and ttl.get("AttributeName"):
+                    client.update_time_to_live(
+                        TableName=name,
+                        TimeToLiveSpecification={
+                            "Enabled": True,
+                            "AttributeName": ttl["AttributeName"],
+                        },
+                    )
+                desc = client.describe_table(TableName=name)["Table"]
+            attrs = {"Arn": desc["TableArn"]}
+            if desc.get("LatestStreamArn"):
+                attrs["StreamArn"] = desc["LatestStreamArn"]
+            self.resources[lid] = ResourceValues(ref=name, attrs=attrs)
+            self.table_names[lid] = name
+        if self.table_names:
+            self.env["TABLE_NAME"] = next(iter(self.table_names.values()))
+
+    # -- KMS -------------------------------------------------------------------
+    def _create_keys(self) -> None:
+        keys = self.template.kms_keys()
+        if not keys:
+            return
+        kms = boto3.client("kms", region_name=region())
+        resolver = self.template.resolver(self.resources, region=region())
+        for lid, raw_props in keys.items():
+            try:
+                props = resolver.resolve({k: v for k, v in raw_props.items() if k != "KeyPolicy"})
+            except Unresolvable:
+                props = {}
+            args: dict[str, Any] = {}
+            for name in ("Description", "KeyUsage", "KeySpec"):
+                if isinstance(props.get(name), str):
+                    args[name] = props[name]
+            meta = kms.create_key(**args)["KeyMetadata"]
+            self.resources[lid] = ResourceValues(
+                ref=meta["KeyId"], attrs={"Arn": meta["Arn"], "KeyId": meta["KeyId"]}
+            )
+        first = next(iter(keys))
+        byok = next((lid for lid in keys if "byok" in lid.lower()), first)
+        self.env["BYOK_KMS_KEY_ID"] = self.resources[byok].ref
+        for lid, raw_props in self.template.kms_aliases().items():
+            resolver = self.template.resolver(self.resources, region=region())
+            try:
+                props = resolver.resolve(raw_props)
+                try:
+                    kms.create_alias(AliasName=props["AliasName"], TargetKeyId=props["TargetKeyId"])
+                except kms.exceptions.AlreadyExistsException:  # a nested stack in one moto
+                    kms.update_alias(AliasName=props["AliasName"], TargetKeyId=props["TargetKeyId"])
+                self.resources[lid] = ResourceValues(ref=str(props["AliasName"]))
+            except (Unresolvable, KeyError) as exc:
+                log.warning("KMS alias %s not created: %s", lid, exc)
