@@ -468,6 +468,26 @@ class DynamoLedgerStore:
             )
         return put
 
+    def put_record(
+        self, key: str, owner: str | None, values: dict[str, Any], *, only_new: bool = False
+    ) -> bool:
+        """Write a bookkeeping record outside any money change. False if ``only_new`` and
+        it existed."""
+        pk, sk = record_key(key, owner)
+        kwargs: dict[str, Any] = {
+            "TableName": self._table,
+            "Item": to_item({**values, "PK": pk, "SK": sk, "kind": "record"}),
+        }
+        if only_new:
+            kwargs["ConditionExpression"] = "attribute_not_exists(PK)"
+        try:
+            self._client.put_item(**kwargs)
+        except ClientError as exc:
+            if only_new and _code(exc) == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+
     def get_record(self, key: str, owner: str | None) -> dict[str, Any] | None:
         pk, sk = record_key(key, owner)
         resp = self._client.get_item(

@@ -98,6 +98,10 @@ class LedgerStore(Protocol):
 
     def get_record(self, key: str, owner: str | None) -> dict[str, Any] | None: ...
 
+    def put_record(
+        self, key: str, owner: str | None, values: dict[str, Any], *, only_new: bool = False
+    ) -> bool: ...
+
     def holds_created_before(self, cutoff: str) -> list[Hold]: ...
 
     def list_entries(

@@ -135,6 +135,16 @@ class LedgerService:
         self._store.set_tier(user_id, tier, timestamp(self._clock()))
         return self.account(user_id)
 
+    # -- bookkeeping records (no money moves) -------------------------------------------
+
+    def get_record(self, key: str, owner: str | None) -> dict[str, Any] | None:
+        return self._store.get_record(key, owner)
+
+    def put_record(
+        self, key: str, owner: str | None, values: dict[str, Any], *, only_new: bool = False
+    ) -> bool:
+        return self._store.put_record(key, owner, values, only_new=only_new)
+
     # -- money changes ----------------------------------------------------------------
 
     def grant(
