@@ -2,11 +2,11 @@
 
 from llmcredits.openapi_doc import build_document, load_document
 
-from tests.support import FUNCTIONS, event, invoke, template
+from tests.support import FUNCTIONS, ROOT, event, invoke, template
 
 
 def test_committed_document_is_current():
-    assert load_document() == build_document(FUNCTIONS), (
+    assert load_document() == build_document(FUNCTIONS, ROOT / "template.yaml"), (
         "layers/shared/llmcredits/data/openapi.json is stale: run `make openapi`"
     )
 
@@ -25,3 +25,10 @@ def test_money_is_a_string_in_the_schema():
     doc = load_document()
     credits = doc["components"]["schemas"]["CreditsResponse"]["properties"]
     assert credits["balance"]["type"] == "string"
+
+
+def test_public_routes_need_no_token_and_the_rest_do():
+    doc = load_document()
+    assert doc["paths"]["/api/v1/llm/health"]["get"]["security"] == []
+    assert doc["security"] == [{"bearer": []}]
+    assert "security" not in doc["paths"]["/api/v1/llm/credits"]["get"]

@@ -2,6 +2,7 @@
 
     llmcredits dev [--port 3000] [--template template.yaml]   serve the local stack
     llmcredits token --sub USER [--admin] [--ttl 3600]         print a local bearer token
+    llmcredits openapi [--write]                               build the OpenAPI document
 
 One function per subcommand (``cmd_<name>``), registered in :func:`build_parser`.
 """
@@ -69,6 +70,19 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_openapi(args: argparse.Namespace) -> int:
+    """Print (or --write into the layer) the OpenAPI document built from the handlers."""
+    from llmcredits.openapi_doc import DOCUMENT_PATH, build_document, render
+
+    text = render(build_document(_repo_root() / "functions", _repo_root() / "template.yaml"))
+    if args.write:
+        DOCUMENT_PATH.write_text(text)
+        print(f"wrote {DOCUMENT_PATH}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmcredits", description="llmcredits tools")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -84,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--admin", action="store_true", help="add the llmcredits/admin scope")
     token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds")
     token.set_defaults(func=cmd_token)
+
+    openapi = sub.add_parser("openapi", help="build the OpenAPI document from the handlers")
+    openapi.add_argument("--write", action="store_true", help="write it into the layer")
+    openapi.set_defaults(func=cmd_openapi)
 
     return parser
 

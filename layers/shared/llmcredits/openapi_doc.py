@@ -46,7 +46,19 @@ def import_handler(app_file: Path) -> ModuleType:
     return module
 
 
-def build_document(functions_dir: Path) -> dict[str, Any]:
+def public_routes(template_path: Path) -> set[tuple[str, str]]:
+    """(method, path) of the routes the template serves without the JWT authorizer."""
+    from llmcredits.local.template import Template
+
+    return {
+        (route.method.lower(), route.path)
+        for route in Template(template_path).routes()
+        if route.authorizer is None
+    }
+
+
+def build_document(functions_dir: Path, template_path: Path) -> dict[str, Any]:
+    public = public_routes(template_path)
     paths: dict[str, Any] = {}
     schemas: dict[str, Any] = {}
     for app_file in sorted(functions_dir.glob("*/app.py")):
@@ -57,6 +69,9 @@ def build_document(functions_dir: Path) -> dict[str, Any]:
             mode="json", by_alias=True, exclude_none=True
         )
         for path, operations in doc.get("paths", {}).items():
+            for method, operation in operations.items():
+                if (method, path) in public:
+                    operation["security"] = []  # no bearer token needed
             paths.setdefault(path, {}).update(operations)
         schemas.update(doc.get("components", {}).get("schemas", {}))
     return {
