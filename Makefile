@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export AWS_DEFAULT_REGION ?= us-east-1
 
-.PHONY: dev test lint typecheck unit openapi dynamodb-local clean
+.PHONY: dev test lint typecheck openapi bench dynamodb-local clean
 
 $(STAMP): requirements-dev.txt layers/shared/requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ typecheck: $(STAMP)
 ## Regenerate the OpenAPI document served by GET /openapi.json.
 openapi: $(STAMP)
 	$(BIN)/llmcredits openapi --write
+
+## Print the chat benchmark figures (calls per request, latency ratio, req/s on DynamoDB Local).
+bench: $(STAMP)
+	$(BIN)/python bench/chat.py 2>/dev/null
 
 ## Run DynamoDB Local in the foreground on :8000 (use with DYNAMODB_ENDPOINT=http://127.0.0.1:8000).
 dynamodb-local: $(STAMP)

@@ -278,6 +278,9 @@ class _Server(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in separate writes: without TCP_NODELAY, Nagle plus the
+    # client's delayed ACK adds ~40 ms to every keep-alive response.
+    disable_nagle_algorithm = True
     server_version = "llmcredits-dev-upstream"
     server: _Server
 

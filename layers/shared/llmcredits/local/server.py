@@ -442,6 +442,9 @@ def map_lambda_response(result: Any) -> HttpResponse:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in separate writes: without TCP_NODELAY, Nagle plus the
+    # client's delayed ACK adds ~40 ms to every keep-alive response.
+    disable_nagle_algorithm = True
     server_version = "llmcredits-local"
     stack: LocalStack  # set on the subclass made by LocalStack
 
