@@ -76,6 +76,37 @@ def count_calls(stack: LocalStack, requests: int) -> None:
     print("  KMS calls: 0.00 (no BYOK key on this account)")
 
 
+def count_byok_kms_calls(stack: LocalStack, requests: int) -> None:
+    """KMS calls per BYOK chat request on a warm container (the data key is cached)."""
+    from llmcredits.dal.kms_envelope import kms_client
+
+    with httpx.Client(base_url=stack.base_url, timeout=30) as client:
+        headers = setup_user(client, stack, "bench-byok", "0")  # zero balance: BYOK fee 0
+        resp = client.post(f"{API}/byok/keys", headers=headers,
+                           json={"provider": "together", "api_key": "tgp_v1_" + "BenchKey" * 4})
+        assert resp.status_code == 201, resp.text
+        calls: list[str] = []
+
+        def count(event_name: str, **_: object) -> None:
+            calls.append(event_name.split(".")[-1])
+
+        events = kms_client().meta.events
+        events.register("before-call.kms.*", count)
+        per_request = []
+        try:
+            for _ in range(requests):
+                before = len(calls)
+                resp = client.post(f"{API}/chat/completions", json=BODY, headers=headers)
+                assert resp.status_code == 200, resp.text
+                assert resp.headers["x-credits-charged"] == "0.000000"
+                per_request.append(len(calls) - before)
+        finally:
+            events.unregister("before-call.kms.*", count)
+    later = per_request[1:]
+    print(f"KMS calls per BYOK chat request (warm container, {requests} requests): "
+          f"first {per_request[0]} (Decrypt), then {sum(later) / max(1, len(later)):.2f} each")
+
+
 def latency_ratio(stack: LocalStack, requests: int) -> None:
     up = stack.dev_upstream
     with httpx.Client(base_url=stack.base_url, timeout=30) as client, \
@@ -156,6 +187,7 @@ def main() -> None:
     args = parser.parse_args()
     with LocalStack(ROOT / "template.yaml", port=0, workers=False) as stack:
         count_calls(stack, min(args.requests, 50))
+        count_byok_kms_calls(stack, 20)
         latency_ratio(stack, args.requests)
     if not args.skip_dynamodb_local:
         throughput(args.requests)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from decimal import Decimal
 from functools import cache
 from typing import TYPE_CHECKING
@@ -12,7 +13,13 @@ from llmcredits.dal.dynamodb_ledger import DynamoLedgerStore
 from llmcredits.services.ledger import LedgerService
 
 if TYPE_CHECKING:
+    from llmcredits.dal.dynamodb_byok import DynamoByokStore
+    from llmcredits.dal.dynamodb_usage import DynamoUsageStore
+    from llmcredits.dal.kms_envelope import Envelope
+    from llmcredits.services.byok import ByokService
     from llmcredits.services.chat import ChatService
+    from llmcredits.services.payments import PaymentsService
+    from llmcredits.services.usage import UsageAggregator, UsageService
 
 
 @cache
@@ -24,6 +31,14 @@ def reset() -> None:
     """Forget cached clients and services (tests and the local stack change env)."""
     ledger_service.cache_clear()
     chat_service.cache_clear()
+    payments_service.cache_clear()
+    byok_store.cache_clear()
+    byok_envelope.cache_clear()
+    byok_service.cache_clear()
+    envelope_module = sys.modules.get("llmcredits.dal.kms_envelope")
+    if envelope_module is not None:  # never import cryptography just to reset
+        envelope_module.kms_client.cache_clear()
+    usage_store.cache_clear()
     dynamodb_client.cache_clear()
 
 
@@ -33,6 +48,7 @@ def chat_service() -> ChatService:
     from llmcredits.dal.secrets import secret
     from llmcredits.dal.upstream import LiteLLMUpstream
     from llmcredits.domain.pricing import catalog
+    from llmcredits.services.byok import ByokProviderKeys
     from llmcredits.services.chat import ChatService
 
     base_url = os.environ.get("LITELLM_PROXY_URL")
@@ -47,5 +63,57 @@ def chat_service() -> ChatService:
         ledger_service(),
         catalog(),
         upstream,
+        keys=ByokProviderKeys(byok_store(), byok_envelope),
         byok_fee_rate=Decimal(os.environ.get("BYOK_FEE_RATE", "0")),
     )
+
+
+@cache
+def byok_store() -> DynamoByokStore:
+    from llmcredits.dal.dynamodb_byok import DynamoByokStore
+
+    return DynamoByokStore(dynamodb_client(), table_name())
+
+
+@cache
+def byok_envelope() -> Envelope:
+    """KMS envelope for BYOK keys (imports cryptography: only call when sealing/opening)."""
+    from llmcredits.dal.kms_envelope import Envelope, kms_client
+
+    return Envelope(kms_client(), os.environ.get("BYOK_KMS_KEY_ID") or None)
+
+
+@cache
+def byok_service() -> ByokService:
+    from llmcredits.services.byok import ByokService
+
+    return ByokService(byok_store(), byok_envelope, ensure_account=ledger_service().account)
+
+
+@cache
+def usage_store() -> DynamoUsageStore:
+    """Usage aggregates on the ledger table (the aggregator, GET /usage, reconcile)."""
+    from llmcredits.dal.dynamodb_usage import DynamoUsageStore
+
+    return DynamoUsageStore(dynamodb_client(), table_name())
+
+
+def usage_service() -> UsageService:
+    from llmcredits.services.usage import UsageService
+
+    return UsageService(usage_store())
+
+
+def usage_aggregator() -> UsageAggregator:
+    from llmcredits.services.usage import UsageAggregator
+
+    return UsageAggregator(usage_store())
+
+
+@cache
+def payments_service() -> PaymentsService:
+    # Imported here so only the purchase and webhook functions load stripe.
+    from llmcredits.dal.stripe_checkout import StripeCheckout
+    from llmcredits.services.payments import PaymentsService, PurchaseConfig
+
+    return PaymentsService(ledger_service(), StripeCheckout.from_env(), PurchaseConfig.from_env())

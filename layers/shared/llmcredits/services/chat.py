@@ -13,7 +13,9 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 from llmcredits import jsonexact
+from llmcredits.domain.byok import may_have_key, redact
 from llmcredits.domain.pricing import Catalog, Route, prompt_token_bound
+from llmcredits.errors import ApiError, UpstreamError
 from llmcredits.models_chat import ChatCompletionRequest
 from llmcredits.money import ZERO, format_money, quantize
 from llmcredits.services.ledger import LedgerService
@@ -81,7 +83,13 @@ class ChatService:
         power_level = request.power_level or power_level_header
         route = self._catalog.resolve(request.model, power_level, tier)
         max_tokens = self._catalog.clip_max_tokens(request.requested_max_tokens(), route)
-        api_key = self._keys.key_for(user_id, route.provider)
+        # The account's flags say whether an enabled BYOK key exists for the provider
+        # (written with the key): accounts without one pay no extra read.
+        api_key = (
+            self._keys.key_for(user_id, route.provider)
+            if may_have_key(account.flags, route.provider)
+            else None
+        )
         fee_rate = self._byok_fee_rate if api_key else Decimal(1)
 
         extra = {f: v for f, v in (request.model_extra or {}).items() if f in PROMPT_FIELDS}
@@ -107,9 +115,12 @@ class ChatService:
         started = time.monotonic()
         try:
             reply = self._upstream.complete(payload, {"X-Request-Id": request_id})
-        except Exception:
+        except Exception as exc:
             # 502/504/4xx from the upstream, or anything else: no charge, hold back.
             self._ledger.release(hold, account)
+            if api_key:
+                # A provider may echo the caller's key in its error: never pass it on.
+                raise without_secret(exc, api_key) from None
             raise
         latency_ms = int((time.monotonic() - started) * 1000)
 
@@ -182,3 +193,16 @@ class ChatService:
         lines.append("data: [DONE]\n\n")
         return "".join(lines)
 
+
+def without_secret(exc: Exception, secret: str) -> Exception:
+    """``exc`` as is, or (when it shows ``secret`` or a piece of it) an error of the same
+    status whose message withholds the provider's text. Raised ``from None``: no cause."""
+    headers = exc.headers.values() if isinstance(exc, ApiError) else ()
+    if all(redact(text, secret) is not None for text in (str(exc), *headers)):
+        return exc
+    message = ("The model provider refused the request made with your own key; its error "
+               "message is withheld because it contained the key. Nothing was charged.")
+    if isinstance(exc, ApiError):
+        clean = {k: v for k, v in exc.headers.items() if redact(v, secret) is not None}
+        return type(exc)(message, code=exc.code, param=exc.param, headers=clean)
+    return UpstreamError(message)

@@ -1,0 +1,17 @@
+"""GET /byok/keys: the caller's stored keys, masked."""
+
+from llmcredits.bootstrap import byok_service
+from llmcredits.http.api import API_PREFIX, caller, entry_point, make_app
+from llmcredits.models_byok import ByokKeyList, ByokKeyOut
+from llmcredits.services.byok import key_view
+
+app = make_app()
+
+
+@app.get(f"{API_PREFIX}/byok/keys", summary="Your stored provider keys (masked)", tags=["byok"])
+def get_byok_keys() -> ByokKeyList:
+    keys = byok_service().keys(caller(app).user_id)
+    return ByokKeyList(keys=[ByokKeyOut(**key_view(k)) for k in keys])
+
+
+lambda_handler = entry_point(app)

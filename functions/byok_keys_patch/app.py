@@ -1,0 +1,18 @@
+"""PATCH /byok/keys/{provider}: enable or disable the caller's stored key."""
+
+from llmcredits.bootstrap import byok_service
+from llmcredits.http.api import API_PREFIX, caller, entry_point, make_app
+from llmcredits.models_byok import ByokKeyOut, ByokKeyPatch
+from llmcredits.services.byok import key_view
+
+app = make_app()
+
+
+@app.patch(f"{API_PREFIX}/byok/keys/<provider>", summary="Enable or disable your key",
+           tags=["byok"])
+def patch_byok_key(provider: str, body: ByokKeyPatch) -> ByokKeyOut:
+    record = byok_service().set_enabled(caller(app).user_id, provider, body.enabled)
+    return ByokKeyOut(**key_view(record))
+
+
+lambda_handler = entry_point(app)

@@ -1,0 +1,19 @@
+"""GET /usage: the caller's usage of the last N days, from the stream-built aggregates."""
+
+from typing import Annotated
+
+from aws_lambda_powertools.event_handler.openapi.params import Query
+from llmcredits.bootstrap import usage_service
+from llmcredits.http.api import API_PREFIX, caller, entry_point, make_app
+from llmcredits.services.usage import MAX_DAYS, UsageResponse
+
+app = make_app()
+
+
+@app.get(f"{API_PREFIX}/usage", summary="Usage totals and breakdowns by provider, model and day",
+         tags=["usage"])
+def get_usage(days: Annotated[int, Query(ge=1, le=MAX_DAYS)] = 30) -> UsageResponse:
+    return usage_service().report(caller(app).user_id, days)
+
+
+lambda_handler = entry_point(app)
