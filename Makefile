@@ -5,9 +5,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export AWS_DEFAULT_REGION ?= us-east-1
 
-.PHONY: dev test lint typecheck openapi bench dynamodb-local clean
+.PHONY: dev test lint typecheck openapi bench bench-cold-start package dynamodb-local clean
 
-$(STAMP): requirements-dev.txt layers/shared/requirements.txt pyproject.toml
+$(STAMP): requirements-dev.txt $(wildcard layers/*/requirements.txt) pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements-dev.txt
@@ -37,6 +37,14 @@ openapi: $(STAMP)
 ## Print the chat benchmark figures (calls per request, latency ratio, req/s on DynamoDB Local).
 bench: $(STAMP)
 	$(BIN)/python bench/chat.py 2>/dev/null
+
+## Import time of each function in a fresh Lambda-like interpreter vs `import boto3` alone.
+bench-cold-start: $(STAMP)
+	$(BIN)/python bench/cold_start.py
+
+## Build the layers (python3.13, arm64 wheels, no Docker) and function zips into build/.
+package: $(STAMP)
+	$(BIN)/python scripts/package.py
 
 ## Run DynamoDB Local in the foreground on :8000 (use with DYNAMODB_ENDPOINT=http://127.0.0.1:8000).
 dynamodb-local: $(STAMP)

@@ -7,6 +7,7 @@ from aws_lambda_powertools.event_handler.openapi.params import Header
 from llmcredits.bootstrap import ledger_service
 from llmcredits.domain.ledger import EntryType
 from llmcredits.http.api import API_PREFIX, admin, entry_point, json_response, make_app
+from llmcredits.http.openapi_responses import REPLAY_HEADERS, admin_errors, created
 from llmcredits.models import AdminGrantRequest, AdminGrantResponse
 
 app = make_app()
@@ -16,8 +17,15 @@ app = make_app()
     f"{API_PREFIX}/admin/users/<user_id>/credits",
     summary="Grant credits",
     tags=["admin"],
-    responses={201: {"description": "Granted (or the first result of this Idempotency-Key)",
-                     "content": {"application/json": {"model": AdminGrantResponse}}}},
+    description="Adds a positive amount to the user's balance with one ledger entry (the "
+    "account is created if the user never called the API). A retry with the same "
+    "Idempotency-Key returns the first result (header Idempotent-Replayed: true) and "
+    "changes nothing.",
+    responses={
+        **created("Granted (or the first result of this Idempotency-Key)", AdminGrantResponse,
+                  REPLAY_HEADERS),
+        **admin_errors(400, 401, 409, 413, 503),
+    },
 )
 def admin_grant(
     user_id: str,

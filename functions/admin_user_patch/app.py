@@ -4,14 +4,22 @@ from llmcredits.bootstrap import ledger_service
 from llmcredits.domain.ledger import Tier
 from llmcredits.errors import InvalidRequest
 from llmcredits.http.api import API_PREFIX, admin, entry_point, make_app
+from llmcredits.http.openapi_responses import admin_errors, ok
 from llmcredits.models import AdminPatchRequest, CreditsResponse
 from llmcredits.views import account_view
 
 app = make_app()
 
 
-@app.patch(f"{API_PREFIX}/admin/users/<user_id>", summary="Set tier or monthly cap",
-           tags=["admin"])
+@app.patch(
+    f"{API_PREFIX}/admin/users/<user_id>",
+    summary="Set tier or monthly cap",
+    tags=["admin"],
+    description="Give `tier` and/or `monthly_cap` (null removes the cap). Creates the "
+    "account if the user never called the API.",
+    responses={**ok("The account after the change"),
+               **admin_errors(400, 401, 413, 503)},
+)
 def admin_patch_user(user_id: str, body: AdminPatchRequest) -> CreditsResponse:
     admin(app)
     fields = body.model_fields_set

@@ -3,6 +3,7 @@
 from aws_lambda_powertools.event_handler import Response
 from llmcredits.bootstrap import byok_service
 from llmcredits.http.api import API_PREFIX, caller, entry_point, make_app
+from llmcredits.http.openapi_responses import errors, no_content
 
 app = make_app()
 
@@ -11,7 +12,9 @@ app = make_app()
     f"{API_PREFIX}/byok/keys/<provider>",
     summary="Delete your key",
     tags=["byok"],
-    responses={204: {"description": "Deleted"}},
+    description="Only the caller's own key for `provider` is ever affected.",
+    responses={**no_content("Deleted"),
+               **errors(400, 401, (404, "You have no stored key for this provider"))},
 )
 def delete_byok_key(provider: str) -> Response[None]:
     byok_service().delete(caller(app).user_id, provider)

@@ -2,13 +2,20 @@
 
 from llmcredits.bootstrap import byok_service
 from llmcredits.http.api import API_PREFIX, caller, entry_point, make_app
+from llmcredits.http.openapi_responses import errors, ok
 from llmcredits.models_byok import ByokKeyList, ByokKeyOut
 from llmcredits.services.byok import key_view
 
 app = make_app()
 
 
-@app.get(f"{API_PREFIX}/byok/keys", summary="Your stored provider keys (masked)", tags=["byok"])
+@app.get(
+    f"{API_PREFIX}/byok/keys",
+    summary="Your stored provider keys (masked)",
+    tags=["byok"],
+    description="Only the caller's keys; the plaintext is never shown again.",
+    responses={**ok("Your keys, masked"), **errors(401)},
+)
 def get_byok_keys() -> ByokKeyList:
     keys = byok_service().keys(caller(app).user_id)
     return ByokKeyList(keys=[ByokKeyOut(**key_view(k)) for k in keys])

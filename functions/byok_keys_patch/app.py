@@ -2,14 +2,21 @@
 
 from llmcredits.bootstrap import byok_service
 from llmcredits.http.api import API_PREFIX, caller, entry_point, make_app
+from llmcredits.http.openapi_responses import errors, ok
 from llmcredits.models_byok import ByokKeyOut, ByokKeyPatch
 from llmcredits.services.byok import key_view
 
 app = make_app()
 
 
-@app.patch(f"{API_PREFIX}/byok/keys/<provider>", summary="Enable or disable your key",
-           tags=["byok"])
+@app.patch(
+    f"{API_PREFIX}/byok/keys/<provider>",
+    summary="Enable or disable your key",
+    tags=["byok"],
+    description="Only the caller's own key for `provider` is ever affected.",
+    responses={**ok("The key after the change (masked)"),
+               **errors(400, 401, (404, "You have no stored key for this provider"), 413)},
+)
 def patch_byok_key(provider: str, body: ByokKeyPatch) -> ByokKeyOut:
     record = byok_service().set_enabled(caller(app).user_id, provider, body.enabled)
     return ByokKeyOut(**key_view(record))

@@ -6,6 +6,7 @@ from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.openapi.params import Query
 from llmcredits.bootstrap import byok_service
 from llmcredits.http.api import API_PREFIX, caller, entry_point, json_response, make_app
+from llmcredits.http.openapi_responses import created, errors
 from llmcredits.models_byok import ByokKeyCreate, ByokKeyOut
 from llmcredits.services.byok import key_view
 
@@ -21,8 +22,9 @@ app = make_app()
         "the BYOK fee. `?verify=true` first asks the provider whether it accepts the key. "
         "The response shows the masked key only."
     ),
-    responses={201: {"description": "Stored (masked)",
-                     "content": {"application/json": {"model": ByokKeyOut}}}},
+    responses={**created("Stored (masked)", ByokKeyOut),
+               **errors((400, "Invalid input, an unsupported provider, or (with "
+                              "`?verify=true`) a key the provider refused"), 401, 413, 503)},
 )
 def post_byok_key(
     body: ByokKeyCreate,

@@ -6,7 +6,18 @@ from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.openapi.params import Header
 from aws_lambda_powertools.metrics import MetricUnit
 from llmcredits.bootstrap import chat_service
-from llmcredits.http.api import API_PREFIX, caller, entry_point, make_app, metrics
+from llmcredits.errors import ApiError
+from llmcredits.http.api import (
+    API_PREFIX,
+    caller,
+    entry_point,
+    logger,
+    make_app,
+    metrics,
+    record_chat_completion,
+    record_chat_failure,
+)
+from llmcredits.http.openapi_responses import chat_completion_ok, errors
 from llmcredits.models_chat import ChatCompletionRequest
 
 MAX_BODY_BYTES = 1_000_000
@@ -23,19 +34,38 @@ app = make_app()
         "`X-Credits-Charged` and `X-Credits-Remaining`. With `stream: true` the whole "
         "event stream is returned at once (HTTP API buffers responses)."
     ),
+    responses={
+        **chat_completion_ok(),
+        **errors(
+            (400, "Invalid request: a malformed body, an unknown model or power level, a "
+                  "field that may not be set (api_key, api_base, ...), or one the provider "
+                  "rejected (`upstream_rejected`)"),
+            401, 402,
+            (403, "The model or power level is above your tier (`permission_error`)"),
+            413, 429, 502, 503, 504,
+        ),
+    },
 )
 def chat_completions(
     body: ChatCompletionRequest,
     x_power_level: Annotated[str | None, Header(alias="X-Power-Level", max_length=32)] = None,
 ) -> Response[str]:
     who = caller(app)
-    result = chat_service().complete(
-        who.user_id,
-        body,
-        power_level_header=x_power_level,
-        request_id=app.current_event.request_context.request_id,
-    )
-    metrics.add_metric(name="ChatCompletions", unit=MetricUnit.Count, value=1)
+    metrics.add_metric(name="ChatRequests", unit=MetricUnit.Count, value=1)
+    try:
+        result = chat_service().complete(
+            who.user_id,
+            body,
+            power_level_header=x_power_level,
+            request_id=app.current_event.request_context.request_id,
+        )
+    except ApiError as err:
+        record_chat_failure(err)  # 402s are counted by the shared error handler
+        raise
+    record_chat_completion(result.cost, result.upstream_ms)
+    logger.info("chat completion", extra={"user_id": who.user_id,
+                                          "charged": result.headers.get("X-Credits-Charged"),
+                                          "upstream_ms": result.upstream_ms})
     return Response(
         status_code=result.status,
         content_type=result.content_type,

@@ -2,14 +2,20 @@
 
 from llmcredits.bootstrap import ledger_service
 from llmcredits.http.api import API_PREFIX, caller, entry_point, make_app
+from llmcredits.http.openapi_responses import errors, ok
 from llmcredits.models import CreditsResponse, MonthlyCapRequest
 from llmcredits.views import account_view
 
 app = make_app()
 
 
-@app.put(f"{API_PREFIX}/credits/monthly-cap", summary="Set or remove your monthly cap",
-         tags=["credits"])
+@app.put(
+    f"{API_PREFIX}/credits/monthly-cap",
+    summary="Set or remove your monthly cap",
+    tags=["credits"],
+    description="Usage in a calendar month (UTC) never goes above the cap; null removes it.",
+    responses={**ok("Your account with the new cap"), **errors(400, 401, 413, 503)},
+)
 def put_monthly_cap(body: MonthlyCapRequest) -> CreditsResponse:
     account = ledger_service().set_monthly_cap(caller(app).user_id, body.monthly_cap)
     return CreditsResponse(**account_view(account))

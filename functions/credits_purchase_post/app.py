@@ -6,6 +6,7 @@ from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.openapi.params import Header
 from llmcredits.bootstrap import payments_service
 from llmcredits.http.api import API_PREFIX, caller, entry_point, json_response, make_app
+from llmcredits.http.openapi_responses import REPLAY_HEADERS, created, errors
 from llmcredits.models_payments import PurchaseRequest, PurchaseResponse
 
 app = make_app()
@@ -17,9 +18,14 @@ app = make_app()
     description="Pay the returned checkout_url; credits land when Stripe confirms the "
     "payment by webhook. A retry with the same Idempotency-Key returns the same session.",
     tags=["credits"],
-    responses={201: {"description": "Checkout Session created (or the first result of this "
-                                    "Idempotency-Key)",
-                     "content": {"application/json": {"model": PurchaseResponse}}}},
+    responses={
+        **created("Checkout Session created (or the first result of this Idempotency-Key)",
+                  PurchaseResponse, REPLAY_HEADERS),
+        **errors((400, "Invalid input: an amount outside the allowed bounds or with more "
+                       "than 2 places, or a URL not on the allow-list"),
+                 401, 409, 413,
+                 (502, "Stripe refused or could not be reached; nothing was charged"), 503),
+    },
 )
 def purchase(
     body: PurchaseRequest,

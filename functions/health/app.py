@@ -2,12 +2,14 @@
 
 from llmcredits import __version__
 from llmcredits.http.api import API_PREFIX, entry_point, make_app
+from llmcredits.http.openapi_responses import ok
 from llmcredits.models import HealthResponse
 
 app = make_app()
 
 
-@app.get(f"{API_PREFIX}/health", summary="Liveness", tags=["system"])
+@app.get(f"{API_PREFIX}/health", summary="Liveness", tags=["system"],
+         description="No auth, no AWS calls.", responses=ok("Alive"))
 def health() -> HealthResponse:
     return HealthResponse(status="ok", version=__version__)
 

@@ -6,13 +6,21 @@ from aws_lambda_powertools.event_handler.openapi.params import Query
 from llmcredits.bootstrap import ledger_service
 from llmcredits.domain.pricing import catalog
 from llmcredits.http.api import API_PREFIX, caller, entry_point, make_app
+from llmcredits.http.openapi_responses import errors, ok
 from llmcredits.models_catalog import ModelList, model_view
 
 app = make_app()
 
 
-@app.get(f"{API_PREFIX}/models", summary="Models, their power levels and prices",
-         tags=["models"])
+@app.get(
+    f"{API_PREFIX}/models",
+    summary="Models, their power levels and prices",
+    tags=["models"],
+    description="The OpenAI list shape; each model also shows its provider, power levels, "
+    "the price for the caller's tier and whether that tier may use it. `?power_level=` "
+    "keeps the models of one level (priced at it).",
+    responses={**ok("The catalog"), **errors((400, "Unknown power_level"), 401, 503)},
+)
 def list_models(
     power_level: Annotated[str | None, Query(max_length=64)] = None,
 ) -> ModelList:

@@ -7,6 +7,12 @@ what we want for our own failures (and for a refund that overtook its purchase).
 from aws_lambda_powertools.event_handler import Response
 from llmcredits.bootstrap import payments_service
 from llmcredits.http.api import API_PREFIX, entry_point, header, json_response, make_app
+from llmcredits.http.openapi_responses import (
+    STRIPE_EVENT_BODY,
+    STRIPE_SIGNATURE_PARAMETER,
+    errors,
+    ok,
+)
 from llmcredits.models_payments import WebhookResponse
 
 app = make_app()
@@ -21,8 +27,18 @@ MAX_BODY_BYTES = 1024 * 1024
     description="Signed by Stripe (Stripe-Signature over the raw body, 300 s tolerance). "
     "Applies each event and each Checkout Session at most once.",
     tags=["payments"],
-    responses={200: {"description": "Received (applied now, earlier, or not relevant)",
-                     "content": {"application/json": {"model": WebhookResponse}}}},
+    # The handler reads the raw body (the signature covers its exact bytes), so the
+    # body and the signature header are documented here, not by a model.
+    openapi_extensions={
+        "parameters": [STRIPE_SIGNATURE_PARAMETER],
+        "requestBody": STRIPE_EVENT_BODY,
+    },
+    responses={
+        **ok("Received (applied now, earlier, or not relevant)", WebhookResponse),
+        **errors((400, "Missing or invalid Stripe-Signature, or not a Stripe event"), 413,
+                 (503, "Busy, or a refund/dispute whose purchase is not credited yet: Stripe "
+                       "retries it")),
+    },
 )
 def stripe_webhook() -> Response[WebhookResponse]:
     # The signature covers the exact bytes Stripe sent: never a re-serialised model.

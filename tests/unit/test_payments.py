@@ -425,8 +425,39 @@ def test_an_unconfigured_webhook_secret_is_a_server_error_not_a_client_one(strip
     monkeypatch.delenv("STRIPE_WEBHOOK_SECRET")
     reconfigure(monkeypatch)
     status, _, body = deliver(event("checkout.session.completed", paid_session()))
-    assert status == 500, body  # Stripe retries once the secret is configured
+    # A clear 503 (Stripe retries once the secret is configured), not a generic 500.
+    assert_openai_error(status, body, 503, "payments_not_configured")
+    assert body["error"]["type"] == "server_error"
+    assert "STRIPE_WEBHOOK_SECRET" in body["error"]["message"]
     assert balance("alice") == "0.000000"
+
+
+def test_an_unconfigured_secret_key_is_a_clear_503(stripe, monkeypatch):
+    monkeypatch.delenv("STRIPE_SECRET_KEY")
+    reconfigure(monkeypatch)
+    status, _, body = purchase({"amount": "25", **OK_URLS}, key="k")
+    assert_openai_error(status, body, 503, "payments_not_configured")
+    assert body["error"]["type"] == "server_error"
+    assert "STRIPE_SECRET_KEY" in body["error"]["message"]
+    assert stripe.requests == []
+
+
+def test_an_unreadable_ssm_secret_is_a_clear_503_without_details(stripe, monkeypatch):
+    """In Lambda the key comes from SSM: a parameter that is missing or not readable is
+    a deployment error (503 naming the setting), and its error text is not echoed."""
+    from aws_lambda_powertools.utilities import parameters
+
+    def missing(name, **_):
+        raise parameters.exceptions.GetParameterError(f"ParameterNotFound: {name}")
+
+    monkeypatch.delenv("STRIPE_SECRET_KEY")
+    monkeypatch.setenv("STRIPE_SECRET_KEY_PARAM", "/llmcredits/nope")
+    monkeypatch.setattr(parameters, "get_parameter", missing)
+    reconfigure(monkeypatch)
+    status, _, body = purchase({"amount": "25", **OK_URLS}, key="k")
+    assert_openai_error(status, body, 503, "payments_not_configured")
+    assert "STRIPE_SECRET_KEY" in body["error"]["message"]
+    assert "ParameterNotFound" not in body["error"]["message"]
 
 
 def test_our_signing_matches_the_stripe_library():

@@ -3,8 +3,11 @@
     llmcredits dev [--port 3000] [--template template.yaml]   serve the local stack
     llmcredits token --sub USER [--admin] [--ttl 3600]         print a local bearer token
     llmcredits openapi [--write]                               build the OpenAPI document
-    llmcredits admin reconcile [--user U] [--table T] [--json]  check invariants 2 and 4
+    llmcredits admin reconcile [--user U] [--json]            check invariants 2 and 4
     llmcredits admin byok-rotate --new-kms-key-id K [--yes]   re-encrypt BYOK keys
+    llmcredits admin show|grant|adjust|set-tier|set-cap|history|export-ledger ...
+        operator tools (llmcredits.ops); every admin command finds its table by
+        --stack NAME (TableName output), --table NAME, env TABLE_NAME, or --endpoint URL
 
 One function per subcommand (``cmd_<name>``), registered in :func:`build_parser`.
 """
@@ -12,12 +15,14 @@ One function per subcommand (``cmd_<name>``), registered in :func:`build_parser`
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 
 def _repo_root() -> Path:
@@ -46,6 +51,9 @@ def cmd_dev(args: argparse.Namespace) -> int:
             )
         elif os.environ.get("LITELLM_PROXY_URL"):
             print(f"  upstream: {os.environ['LITELLM_PROXY_URL']}", file=sys.stderr)
+        if stack.dev_stripe is not None:
+            print(f"  dev Stripe (stand-in; pay at checkout_url): {stack.dev_stripe.url}",
+                  file=sys.stderr)
         for route in stack.router.routes:
             r = route.route
             auth = (
@@ -85,28 +93,77 @@ def cmd_openapi(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- operator commands (llmcredits admin ...): use cases in llmcredits.ops ----------------
+
+
+AdminCommand = Callable[[argparse.Namespace], int]
+
+
+def _admin_command(func: AdminCommand) -> AdminCommand:
+    """Expected failures (unknown user, bad amount, AWS access denied, missing table, a
+    "no" at the prompt) become one line on stderr and exit 1, or 2 for usage errors."""
+
+    @functools.wraps(func)
+    def run(args: argparse.Namespace) -> int:
+        from llmcredits import ops
+
+        try:
+            return int(func(args))
+        except Exception as exc:
+            failure = ops.explain(exc, getattr(args, "target", None))
+            if failure is None:
+                raise
+            name = getattr(args, "admin_command", None) or "admin"
+            print(f"llmcredits admin {name}: error: {failure.message}", file=sys.stderr)
+            return failure.exit_code
+
+    return run
+
+
+def _admin_target(args: argparse.Namespace) -> Any:
+    """The table from --table, --stack (its TableName output), env TABLE_NAME, --endpoint."""
+    from llmcredits import ops
+
+    args.target = ops.resolve_target(
+        table=args.table, stack=args.stack, endpoint=args.endpoint, region=args.region
+    )
+    return args.target
+
+
+def _admin_operator(args: argparse.Namespace) -> Any:
+    from llmcredits import ops
+
+    return ops.Operator.connect(_admin_target(args))
+
+
+def _admin_confirm(args: argparse.Namespace, lines: list[str]) -> None:
+    from llmcredits import ops
+
+    ops.confirm(lines, yes=args.yes, stdin=sys.stdin, stderr=sys.stderr)
+
+
+def _admin_print(args: argparse.Namespace, text: str, data: Any) -> None:
+    from llmcredits import ops
+
+    print(ops.to_json(data) if args.json else text)
+
+
+@_admin_command
 def cmd_admin_reconcile(args: argparse.Namespace) -> int:
     """Check DESIGN invariants 2 and 4 for every account (or --user); 1 on any discrepancy."""
     import json
     import time
 
-    import boto3
-
     from llmcredits.dal.dynamodb_ledger import DynamoLedgerStore
     from llmcredits.dal.dynamodb_usage import DynamoUsageStore
+    from llmcredits.ops import dynamodb_client
     from llmcredits.services.reconcile import reconcile_all
 
-    region = args.region or os.environ.get("AWS_REGION") or os.environ.get(
-        "AWS_DEFAULT_REGION", "us-east-1"
-    )
-    client = boto3.client(
-        "dynamodb",
-        region_name=region,
-        endpoint_url=args.endpoint or os.environ.get("DYNAMODB_ENDPOINT") or None,
-    )
+    target = _admin_target(args)
+    client = dynamodb_client(target)
     report = reconcile_all(
-        DynamoLedgerStore(client, args.table),
-        DynamoUsageStore(client, args.table),
+        DynamoLedgerStore(client, target.table),
+        DynamoUsageStore(client, target.table),
         user_id=args.user,
         grace_seconds=args.grace_seconds,
         recheck=(lambda: time.sleep(args.recheck_seconds)) if args.recheck_seconds > 0 else None,
@@ -125,47 +182,254 @@ def cmd_admin_reconcile(args: argparse.Namespace) -> int:
         for found in report.discrepancies:
             print(f"DISCREPANCY {found}")
         print(
-            f"checked {report.accounts} account(s) of table {args.table}: "
+            f"checked {report.accounts} account(s) of table {target.table}: "
             f"{len(report.discrepancies)} discrepancy(ies)",
             file=sys.stderr,
         )
     return 0 if report.ok else 1
 
 
+@_admin_command
 def cmd_admin_byok_rotate(args: argparse.Namespace) -> int:
     """Re-encrypt every stored BYOK key under a new KMS key (no plaintext is printed)."""
-    import boto3
+    import json
 
     from llmcredits.dal.dynamodb_byok import DynamoByokStore
     from llmcredits.dal.kms_envelope import Envelope, kms_client
+    from llmcredits.ops import dynamodb_client
     from llmcredits.services.byok import ByokService
 
-    region = args.region or os.environ.get("AWS_REGION") or os.environ.get(
-        "AWS_DEFAULT_REGION", "us-east-1"
-    )
-    client = boto3.client(
-        "dynamodb",
-        region_name=region,
-        endpoint_url=args.endpoint or os.environ.get("DYNAMODB_ENDPOINT") or None,
-    )
-    store = DynamoByokStore(client, args.table)
+    target = _admin_target(args)
+    store = DynamoByokStore(dynamodb_client(target), target.table)
     envelope = Envelope(kms_client(), None)
     service = ByokService(store, lambda: envelope, ensure_account=lambda _user: None)
     count = sum(1 for _ in store.scan_all())
-    print(f"re-encrypt {count} stored BYOK key(s) of table {args.table} under KMS key "
-          f"{args.new_kms_key_id}", file=sys.stderr)
-    if not args.yes:
-        print("Proceed? [y/N] ", end="", file=sys.stderr, flush=True)
-        if sys.stdin.readline().strip().lower() not in ("y", "yes"):
-            print("aborted: nothing changed", file=sys.stderr)
-            return 1
+    _admin_confirm(args, [f"re-encrypt {count} stored BYOK key(s) of table {target.table} "
+                          f"under KMS key {args.new_kms_key_id}"])
     report = service.rotate_all(args.new_kms_key_id)
+    if args.json:
+        print(json.dumps({
+            "ok": report.ok, "rotated": report.rotated,
+            "already_current": report.already_current, "gone": report.gone,
+            "failed": [{"user_id": u, "provider": p, "error": why}
+                       for u, p, why in report.failed],
+            "new_kms_key_arn": report.new_kms_key_arn,
+        }, indent=2))
+        return 0 if report.ok else 1
     for user_id, provider, why in report.failed:
         print(f"FAILED user {user_id!r} provider {provider}: {why}")
     print(f"rotated {report.rotated}, already under the new key {report.already_current}, "
           f"deleted meanwhile {report.gone}, failed {len(report.failed)} "
           f"(new key {report.new_kms_key_arn})")
     return 0 if report.ok else 1
+
+
+@_admin_command
+def cmd_admin_show(args: argparse.Namespace) -> int:
+    """A user's account, as GET /credits shows it."""
+    from llmcredits import ops
+
+    view = _admin_operator(args).show(args.user)
+    _admin_print(args, ops.format_account(view), view)
+    return 0
+
+
+@_admin_command
+def cmd_admin_grant(args: argparse.Namespace) -> int:
+    """Credit a user (bonus, refund, adjustment): one ledger entry, once per idempotency key."""
+    from llmcredits import ops
+    from llmcredits.domain.ledger import EntryType
+
+    amount = ops.parse_amount(args.amount)
+    reason = ops.require_text(args.reason, "--reason")
+    actor = ops.resolve_actor(args.actor)
+    entry_type = EntryType(args.type)
+    operator = _admin_operator(args)
+    _admin_confirm(args, operator.describe_grant(args.user, amount, entry_type, reason, actor))
+    outcome = operator.grant(args.user, amount, entry_type, reason, actor, args.idempotency_key)
+    _admin_print(args, ops.format_change("granted", outcome), outcome.view())
+    return 0
+
+
+@_admin_command
+def cmd_admin_adjust(args: argparse.Namespace) -> int:
+    """Correct a balance up or down (an adjustment entry); down never below zero unless
+    --allow-negative."""
+    from llmcredits import ops
+
+    amount = ops.parse_amount(args.amount, signed=True)
+    reason = ops.require_text(args.reason, "--reason")
+    actor = ops.resolve_actor(args.actor)
+    operator = _admin_operator(args)
+    _admin_confirm(
+        args, operator.describe_adjust(args.user, amount, reason, actor, args.allow_negative)
+    )
+    outcome = operator.adjust(
+        args.user, amount, reason, actor,
+        allow_negative=args.allow_negative, idempotency_key=args.idempotency_key,
+    )
+    _admin_print(args, ops.format_change("adjusted", outcome), outcome.view())
+    return 0
+
+
+@_admin_command
+def cmd_admin_set_tier(args: argparse.Namespace) -> int:
+    """Set a user's tier."""
+    from llmcredits import ops
+    from llmcredits.domain.ledger import Tier
+
+    tier = Tier(args.tier)
+    operator = _admin_operator(args)
+    _admin_confirm(args, operator.describe_tier(args.user, tier))
+    view = operator.set_tier(args.user, tier)
+    _admin_print(args, ops.format_account(view), view)
+    return 0
+
+
+@_admin_command
+def cmd_admin_set_cap(args: argparse.Namespace) -> int:
+    """Set a user's monthly spending cap (an amount, or none)."""
+    from llmcredits import ops
+
+    cap = ops.parse_cap(args.amount)
+    operator = _admin_operator(args)
+    _admin_confirm(args, operator.describe_cap(args.user, cap))
+    view = operator.set_cap(args.user, cap)
+    _admin_print(args, ops.format_account(view), view)
+    return 0
+
+
+@_admin_command
+def cmd_admin_history(args: argparse.Namespace) -> int:
+    """A user's ledger, newest first, read through the history cursors."""
+    from llmcredits import ops
+    from llmcredits.domain.ledger import EntryType
+    from llmcredits.views import entry_view
+
+    if args.limit < 1:
+        raise ops.UsageError("--limit must be at least 1")
+    entry_type = EntryType(args.type) if args.type else None
+    entries, more = _admin_operator(args).history(
+        args.user, None if args.all else args.limit, entry_type
+    )
+    data = {"user_id": args.user, "items": [entry_view(e) for e in entries], "more": more}
+    _admin_print(args, ops.format_history(entries, more), data)
+    return 0
+
+
+@_admin_command
+def cmd_admin_export_ledger(args: argparse.Namespace) -> int:
+    """Ledger entries as CSV (one user, or every user by a paged Scan), to a file or stdout."""
+    from llmcredits import ops
+
+    since = ops.parse_day(args.since, "--since") if args.since else None
+    until = ops.parse_day(args.until, "--until") if args.until else None
+    operator = _admin_operator(args)
+    entries = operator.ledger_entries(args.user, since, until)
+    if args.output == "-":
+        rows = ops.write_csv(entries, sys.stdout)
+        sys.stdout.flush()
+    else:
+        # Written beside the target and renamed: a failed export leaves no partial file.
+        output = Path(args.output)
+        partial = output.with_name(f".{output.name}.partial")
+        try:
+            with partial.open("w", newline="", encoding="utf-8") as out:
+                rows = ops.write_csv(entries, out)
+            partial.replace(output)
+        except OSError as exc:
+            partial.unlink(missing_ok=True)
+            raise ops.OpsError(f"cannot write {args.output}: {exc.strerror or exc}") from exc
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+    summary = {"rows": rows, "output": args.output, "table": operator.table,
+               "user_id": args.user, "since": args.since, "until": args.until}
+    where = "stdout" if args.output == "-" else args.output
+    text = f"exported {rows} ledger entr{'y' if rows == 1 else 'ies'} to {where}"
+    if args.json:
+        print(ops.to_json(summary), file=sys.stderr if args.output == "-" else sys.stdout)
+    else:
+        print(text, file=sys.stderr)
+    return 0
+
+
+def _add_target_args(parser: argparse.ArgumentParser, *, confirm: bool) -> None:
+    """The flags every admin command shares: where the table is, --json, and --yes for
+    commands that change something."""
+    where = parser.add_argument_group("table (one of --stack, --table, env TABLE_NAME)")
+    where.add_argument("--stack", help="CloudFormation stack name: use its TableName output")
+    where.add_argument("--table", help="table name (env TABLE_NAME; with --endpoint default "
+                                       "llmcredits-local)")
+    where.add_argument("--endpoint", help="DynamoDB endpoint URL, e.g. DynamoDB Local "
+                                          "(env DYNAMODB_ENDPOINT)")
+    where.add_argument("--region", help="AWS region (env AWS_REGION, else your AWS config)")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    if confirm:
+        parser.add_argument("--yes", "-y", action="store_true",
+                            help="do not ask for confirmation (needed without a terminal)")
+
+
+def _add_admin_commands(admin_sub: Any) -> None:
+    from llmcredits.domain.ledger import GRANT_TYPES, EntryType, Tier
+
+    show = admin_sub.add_parser("show", help="a user's account (as GET /credits)")
+    show.add_argument("user", help="user id (JWT sub)")
+    _add_target_args(show, confirm=False)
+    show.set_defaults(func=cmd_admin_show)
+
+    grant = admin_sub.add_parser("grant", help="credit a user (bonus, refund, adjustment)")
+    grant.add_argument("user", help="user id (JWT sub)")
+    grant.add_argument("amount", help="credits to add, a positive decimal such as 10.50")
+    grant.add_argument("--type", required=True, choices=[t.value for t in GRANT_TYPES])
+    grant.add_argument("--reason", required=True, help="why (kept in the ledger entry)")
+    grant.add_argument("--idempotency-key", help="a retry with the same key changes nothing")
+    grant.add_argument("--actor", help="who grants (ledger metadata.by; default env USER)")
+    _add_target_args(grant, confirm=True)
+    grant.set_defaults(func=cmd_admin_grant)
+
+    adjust = admin_sub.add_parser(
+        "adjust", help="correct a balance up or down (an adjustment ledger entry)"
+    )
+    adjust.add_argument("user", help="user id (JWT sub)")
+    adjust.add_argument("amount", help="signed decimal: -5 takes 5 credits, 5 adds 5")
+    adjust.add_argument("--reason", required=True, help="why (kept in the ledger entry)")
+    adjust.add_argument("--allow-negative", action="store_true",
+                        help="let a downward correction take available credits below zero")
+    adjust.add_argument("--idempotency-key", help="a retry with the same key changes nothing")
+    adjust.add_argument("--actor", help="who adjusts (ledger metadata.by; default env USER)")
+    _add_target_args(adjust, confirm=True)
+    adjust.set_defaults(func=cmd_admin_adjust)
+
+    tier = admin_sub.add_parser("set-tier", help="set a user's tier")
+    tier.add_argument("user", help="user id (JWT sub)")
+    tier.add_argument("tier", choices=[t.value for t in Tier])
+    _add_target_args(tier, confirm=True)
+    tier.set_defaults(func=cmd_admin_set_tier)
+
+    cap = admin_sub.add_parser("set-cap", help="set a user's monthly spending cap")
+    cap.add_argument("user", help="user id (JWT sub)")
+    cap.add_argument("amount", help="the cap, a decimal such as 50.00, or none")
+    _add_target_args(cap, confirm=True)
+    cap.set_defaults(func=cmd_admin_set_cap)
+
+    history = admin_sub.add_parser("history", help="a user's ledger entries, newest first")
+    history.add_argument("user", help="user id (JWT sub)")
+    history.add_argument("--limit", type=int, default=50, help="at most N entries (default 50)")
+    history.add_argument("--all", action="store_true", help="every entry (ignores --limit)")
+    history.add_argument("--type", choices=[t.value for t in EntryType])
+    _add_target_args(history, confirm=False)
+    history.set_defaults(func=cmd_admin_history)
+
+    export = admin_sub.add_parser(
+        "export-ledger", help="ledger entries as CSV (one user, or all by a paged Scan)"
+    )
+    export.add_argument("--user", help="only this user (default: every user)")
+    export.add_argument("--since", help="entries from this UTC day on (YYYY-MM-DD)")
+    export.add_argument("--until", help="entries before this UTC day (YYYY-MM-DD)")
+    export.add_argument("--output", "-o", default="-", help="CSV file, or - for stdout")
+    _add_target_args(export, confirm=False)
+    export.set_defaults(func=cmd_admin_export_ledger)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -195,12 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="check invariants 2 (balance/held == ledger) and 4 (usage aggregates == ledger)",
     )
     reconcile.add_argument("--user", help="check only this user id")
-    reconcile.add_argument(
-        "--table", default=os.environ.get("TABLE_NAME", "llmcredits-local"),
-        help="table name (env TABLE_NAME)",
-    )
-    reconcile.add_argument("--endpoint", help="DynamoDB endpoint URL (env DYNAMODB_ENDPOINT)")
-    reconcile.add_argument("--region", help="AWS region (env AWS_REGION)")
+    _add_target_args(reconcile, confirm=False)
     reconcile.add_argument(
         "--grace-seconds", type=int, default=0,
         help="skip usage keys with entries younger than this (stream still draining)",
@@ -209,21 +468,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--recheck-seconds", type=float, default=1.0,
         help="re-read an inconsistent account after this long before reporting it (0: never)",
     )
-    reconcile.add_argument("--json", action="store_true", help="print a JSON report")
     reconcile.set_defaults(func=cmd_admin_reconcile)
 
     rotate = admin_sub.add_parser(
         "byok-rotate", help="re-encrypt every stored BYOK key under a new KMS key"
     )
     rotate.add_argument("--new-kms-key-id", required=True, help="key id, ARN or alias")
-    rotate.add_argument(
-        "--table", default=os.environ.get("TABLE_NAME", "llmcredits-local"),
-        help="table name (env TABLE_NAME)",
-    )
-    rotate.add_argument("--endpoint", help="DynamoDB endpoint URL (env DYNAMODB_ENDPOINT)")
-    rotate.add_argument("--region", help="AWS region (env AWS_REGION; KMS: env KMS_ENDPOINT)")
-    rotate.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    _add_target_args(rotate, confirm=True)  # KMS: env AWS_REGION, KMS_ENDPOINT
     rotate.set_defaults(func=cmd_admin_byok_rotate)
+
+    _add_admin_commands(admin_sub)
 
     return parser
 

@@ -57,6 +57,25 @@ def public_routes(template_path: Path) -> set[tuple[str, str]]:
     }
 
 
+#: Powertools documents its own error bodies; make_app answers every error in the
+#: OpenAI shape instead (validation errors are 400, never 422).
+POWERTOOLS_ERROR_SCHEMAS = ("HTTPValidationError", "ValidationError", "ResponseValidationError")
+INTERNAL_ERROR = {
+    "description": "Internal error (`server_error`); retry with the same Idempotency-Key",
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
+}
+
+
+def _what_we_answer(responses: dict[str, Any]) -> None:
+    """Replace Powertools' 422/500 entries with what make_app really answers."""
+    responses.pop("422", None)
+    if "500" in responses:
+        responses["500"] = INTERNAL_ERROR
+    for response in responses.values():
+        if response.get("content") == {}:  # no body (204)
+            del response["content"]
+
+
 def build_document(functions_dir: Path, template_path: Path) -> dict[str, Any]:
     public = public_routes(template_path)
     paths: dict[str, Any] = {}
@@ -72,8 +91,11 @@ def build_document(functions_dir: Path, template_path: Path) -> dict[str, Any]:
             for method, operation in operations.items():
                 if (method, path) in public:
                     operation["security"] = []  # no bearer token needed
+                _what_we_answer(operation.get("responses", {}))
             paths.setdefault(path, {}).update(operations)
         schemas.update(doc.get("components", {}).get("schemas", {}))
+    for unused in POWERTOOLS_ERROR_SCHEMAS:
+        schemas.pop(unused, None)
     return {
         "openapi": "3.1.0",
         "info": {"title": TITLE, "version": __version__, "description": DESCRIPTION},

@@ -5,7 +5,10 @@ The secret key and the webhook secret are read on use through ``secret()``: from
 environment locally (STRIPE_SECRET_KEY, STRIPE_WEBHOOK_SECRET), from SSM Parameter Store
 in Lambda (STRIPE_SECRET_KEY_PARAM, STRIPE_WEBHOOK_SECRET_PARAM; cached by Powertools).
 So the purchase function needs only the key and the webhook function only the webhook
-secret. STRIPE_API_BASE points the client at another host (tests, stripe-mock).
+secret. STRIPE_API_BASE points the client at another host (tests, the local stack's
+dev stand-in ``llmcredits.local.dev_stripe``, stripe-mock). A secret that is not
+configured is a 503 ``payments_not_configured`` naming the setting, never a generic 500
+(for the webhook, a non-2xx also makes Stripe retry once it is configured).
 Neither secret is ever logged, returned or put into an exception message.
 """
 
@@ -19,6 +22,7 @@ from decimal import Decimal
 from typing import Any
 
 from llmcredits.dal.secrets import secret
+from llmcredits.errors import ApiError
 from llmcredits.services.payments import (
     CheckoutIdempotencyMismatch,
     CheckoutRequest,
@@ -28,6 +32,41 @@ from llmcredits.services.payments import (
 )
 
 log = logging.getLogger("llmcredits.stripe")
+
+
+class PaymentsNotConfigured(ApiError):
+    """A Stripe secret is not configured: our misconfiguration, so a 5xx (never the
+    caller's fault, and for the webhook a non-2xx makes Stripe retry later)."""
+
+    status = 503
+    type = "server_error"
+    code = "payments_not_configured"
+
+    @classmethod
+    def missing(cls, name: str) -> PaymentsNotConfigured:
+        log.error("stripe secret not configured", extra={"setting": name})
+        return cls(
+            f"Payments are not configured on this server: {name} is not set "
+            f"(locally the variable {name}, in Lambda the SSM parameter named by {name}_PARAM)."
+        )
+
+
+def _configured(read: Callable[[], str | None], name: str) -> str:
+    """The secret, or PaymentsNotConfigured (also when SSM cannot give it: a parameter
+    that does not exist or may not be read is a deployment error, not a generic 500)."""
+    try:
+        value = read()
+    except Exception as exc:
+        log.error("stripe secret could not be read",
+                  extra={"setting": name, "error": type(exc).__name__})
+        raise PaymentsNotConfigured(
+            f"Payments are not configured on this server: {name} could not be read "
+            f"(the SSM parameter named by {name}_PARAM)."
+        ) from None
+    if not value:
+        raise PaymentsNotConfigured.missing(name)
+    return value
+
 
 # Stripe's own default and the contract: a signed payload older than this is refused.
 SIGNATURE_TOLERANCE_SECONDS = 300
@@ -109,9 +148,7 @@ class StripeCheckout:
     def _stripe(self) -> Any:
         import stripe
 
-        key = self._api_key()
-        if not key:
-            raise RuntimeError("STRIPE_SECRET_KEY is not configured")
+        key = _configured(self._api_key, "STRIPE_SECRET_KEY")
         if self._client is None or key != self._client_key:  # the key may be rotated
             self._client = stripe.StripeClient(
                 key,
@@ -130,10 +167,8 @@ class StripeCheckout:
         with Decimal for non-integer numbers (Stripe's money fields are integer cents)."""
         import stripe
 
-        webhook_secret = self._webhook_secret()
-        if not webhook_secret:
-            # Our misconfiguration, not the sender's fault: a 5xx, so Stripe retries.
-            raise RuntimeError("STRIPE_WEBHOOK_SECRET is not configured")
+        # Our misconfiguration, not the sender's fault: a 5xx, so Stripe retries.
+        webhook_secret = _configured(self._webhook_secret, "STRIPE_WEBHOOK_SECRET")
         if not signature:
             raise InvalidWebhook("The Stripe-Signature header is missing.")
         try:

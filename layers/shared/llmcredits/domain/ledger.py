@@ -18,7 +18,7 @@ from enum import StrEnum
 from typing import Any
 
 from llmcredits.errors import InsufficientCredits, MonthlyCapReached, RateLimited
-from llmcredits.money import ZERO
+from llmcredits.money import ZERO, format_money
 
 
 class Tier(StrEnum):
@@ -163,6 +163,32 @@ def plan_clawback(account: Account, amount: Decimal) -> Mutation:
         balance_delta=-amount,
         available_delta=-amount,
         expected_balance=account.balance,
+    )
+
+
+def plan_adjustment_debit(
+    account: Account, amount: Decimal, allow_negative: bool = False
+) -> Mutation:
+    """An operator's downward correction of ``amount`` (> 0) credits.
+
+    Not spend: the month's spend and cap headroom are untouched. Unless
+    ``allow_negative``, it must leave ``available`` (balance - open holds) at or above
+    zero, and the write itself checks that, so a concurrent hold cannot race past it.
+    """
+    if amount <= ZERO:
+        raise ValueError("an adjustment debit must be positive")
+    if not allow_negative and account.available < amount:
+        raise InsufficientCredits(
+            f"Adjusting {account.user_id!r} down by {format_money(amount)} would take "
+            f"available credits below zero ({format_money(account.available)} available).",
+            code="would_go_negative",
+        )
+    return Mutation(
+        month=account.month,
+        balance_delta=-amount,
+        available_delta=-amount,
+        expected_balance=account.balance,
+        require_available=None if allow_negative else amount,
     )
 
 

@@ -3,34 +3,83 @@
 - JSON bodies decode numbers as Decimal (never float).
 - Every error, including validation, is the OpenAI shape; bad input is a 4xx.
 - Logger (correlation id = API Gateway request id), Metrics and Tracer wrap the handler.
+- The Logger's formatter scrubs credentials from every line (``log_scrub``).
+- Metrics are EMF (namespace ``llmcredits``, dimension ``service``); money is emitted
+  as integer micro-credits, never as a float computed from a Decimal.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
-from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
-from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from llmcredits.errors import ApiError, Forbidden, PayloadTooLarge, Unauthorized, error_body
+from llmcredits.errors import (
+    ApiError,
+    Forbidden,
+    InvalidRequest,
+    PayloadTooLarge,
+    Unauthorized,
+    error_body,
+)
+from llmcredits.http.log_scrub import ScrubbingFormatter
+from llmcredits.money import quantize
+
+if TYPE_CHECKING:
+    # Imported where used: the scheduled and stream functions import this module for
+    # logger/metrics/tracer only and never load the HTTP resolver (cold start).
+    from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 
 API_PREFIX = "/api/v1/llm"
 ADMIN_SCOPE = "llmcredits/admin"
 JSON = "application/json"
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
 
-logger = Logger(service="llmcredits")
-tracer = Tracer(service="llmcredits")
-metrics = Metrics(namespace="llmcredits", service="llmcredits")
+SERVICE = "llmcredits"
+MICRO = 1_000_000
+
+logger = Logger(service=SERVICE, logger_formatter=ScrubbingFormatter())
+tracer = Tracer(service=SERVICE)
+metrics = Metrics(namespace="llmcredits", service=SERVICE)
+
+
+def micro_credits(amount: Decimal) -> int:
+    """``amount`` in integer micro-credits, for metrics.
+
+    EMF values are JSON numbers that CloudWatch stores as doubles; emitting an integer
+    count of micro-credits means no float is ever computed from money here, and the
+    conversion is exact (amounts are quantized to 6 places, 1 micro-credit)."""
+    return int(quantize(amount) * MICRO)
+
+
+def record_chat_completion(cost: Decimal, upstream_ms: int) -> None:
+    """A settled chat completion: a hold was reserved, then settled for ``cost``."""
+    metrics.add_metric(name="ChatCompletions", unit=MetricUnit.Count, value=1)
+    metrics.add_metric(name="HoldsReserved", unit=MetricUnit.Count, value=1)
+    metrics.add_metric(name="HoldsSettled", unit=MetricUnit.Count, value=1)
+    metrics.add_metric(name="CreditsChargedMicros", unit=MetricUnit.Count,
+                       value=micro_credits(cost))
+    metrics.add_metric(name="UpstreamLatency", unit=MetricUnit.Milliseconds, value=upstream_ms)
+
+
+def record_chat_failure(err: ApiError) -> None:
+    """A chat request that failed with ``err``. Upstream failures (codes ``upstream_*``:
+    502, 504, and the provider's own 4xx/429) come after the hold was reserved, and the
+    service released it (nothing charged); every other error comes before any hold."""
+    if err.code.startswith("upstream_"):
+        metrics.add_metric(name="HoldsReserved", unit=MetricUnit.Count, value=1)
+        metrics.add_metric(name="HoldsReleased", unit=MetricUnit.Count, value=1)
+        metrics.add_metric(name="UpstreamFailures", unit=MetricUnit.Count, value=1)
 
 
 def dumps(value: Any) -> str:
@@ -45,6 +94,8 @@ def _no_decimal(value: Any) -> Any:
 
 
 def json_response(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
+    from aws_lambda_powertools.event_handler import Response
+
     return Response(status_code=status, content_type=JSON, body=body, headers=headers)
 
 
@@ -71,6 +122,12 @@ def validation_message(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
 
 
 def make_app() -> APIGatewayHttpResolver:
+    from aws_lambda_powertools.event_handler import APIGatewayHttpResolver
+    from aws_lambda_powertools.event_handler.openapi.exceptions import (
+        RequestUnsupportedContentType,
+        RequestValidationError,
+    )
+
     app = APIGatewayHttpResolver(
         enable_validation=True,
         # A response that breaks its model is our bug: 500, never a client 4xx.
@@ -83,6 +140,9 @@ def make_app() -> APIGatewayHttpResolver:
     def _api_error(err: ApiError) -> Response:
         if err.status == 402:
             metrics.add_metric(name="PaymentRequired", unit=MetricUnit.Count, value=1)
+            # A second dimension set: the total stays under [service], the breakdown
+            # (insufficient_credits, monthly_cap_reached) is under [service, code].
+            metrics.add_dimensions(service=SERVICE, code=err.code)
         return error_response(err)
 
     @app.exception_handler(RequestValidationError)
@@ -90,6 +150,13 @@ def make_app() -> APIGatewayHttpResolver:
         message, param = validation_message(list(err.errors()))
         return json_response(400, error_body(message, "invalid_request_error", "invalid_request",
                                              param))
+
+    @app.exception_handler(RequestUnsupportedContentType)
+    def _not_json(_: RequestUnsupportedContentType) -> Response:
+        # Powertools raises this for a body that is not JSON (nor a form); bad input: 400.
+        return json_response(400, error_body("The request body must be JSON (Content-Type: "
+                                             "application/json).", "invalid_request_error",
+                                             "unsupported_content_type", None))
 
     @app.exception_handler(Exception)
     def _unexpected(err: Exception) -> Response:
@@ -150,6 +217,27 @@ def header(app: APIGatewayHttpResolver, name: str) -> str | None:
     return headers.get(name.lower()) or headers.get(name)
 
 
+def _unreadable_body(event: dict[str, Any]) -> ApiError | None:
+    """A 400 for a body that cannot be JSON, before Powertools fails on it with a 500:
+    another declared media type (Powertools would parse forms and multipart), or bytes
+    that are not UTF-8 (API Gateway passes those base64-encoded)."""
+    headers = {str(k).lower(): v for k, v in (event.get("headers") or {}).items()}
+    media_type = str(headers.get("content-type") or "").split(";")[0].strip().lower()
+    method = ((event.get("requestContext") or {}).get("http") or {}).get("method", "")
+    body = event.get("body") or ""
+    if media_type and (body or method in ("POST", "PUT", "PATCH")) and not (
+        media_type == JSON or media_type.endswith("+json")
+    ):
+        return InvalidRequest("The request body must be JSON (Content-Type: "
+                              "application/json).", code="unsupported_content_type")
+    if body and event.get("isBase64Encoded"):
+        try:
+            base64.b64decode(body, validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return InvalidRequest("The request body is not valid JSON (not UTF-8 text).")
+    return None
+
+
 def entry_point(
     app: APIGatewayHttpResolver, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
 ) -> Callable[[dict[str, Any], LambdaContext], dict[str, Any]]:
@@ -162,8 +250,12 @@ def entry_point(
         body = event.get("body") or ""
         # base64 bodies are 4/3 of their size; either way, refuse before parsing.
         size = len(body) * 3 // 4 if event.get("isBase64Encoded") else len(body.encode())
+        err: ApiError | None = None
         if size > max_body_bytes:
             err = PayloadTooLarge(f"The request body is over {max_body_bytes} bytes.")
+        else:
+            err = _unreadable_body(event)
+        if err is not None:
             return {
                 "statusCode": err.status,
                 "headers": {"Content-Type": JSON},

@@ -68,6 +68,10 @@ MAX_RESPONSE_BYTES = 6 * 1024 * 1024
 SSM_NAME_SUFFIX = "_PARAM"
 #: Master key of the built-in dev upstream when ``LITELLM_MASTER_KEY`` is not set.
 DEV_UPSTREAM_MASTER_KEY = "sk-llmcredits-dev"
+#: Public, fake "secrets" of the built-in dev Stripe stand-in (when STRIPE_SECRET_KEY is unset).
+DEV_STRIPE_SECRET_KEY = "sk_test_dev_local"  # noqa: S105 - not a secret
+DEV_STRIPE_WEBHOOK_SECRET = "whsec_dev_local"  # noqa: S105 - not a secret
+STRIPE_WEBHOOK_PATH = "/api/v1/llm/stripe/webhook"
 #: Env var that scales schedule periods (e.g. "0.01" runs rate(1 minute) every 0.6 s).
 SCHEDULE_SCALE_ENV = "LLMCREDITS_LOCAL_SCHEDULE_SCALE"
 DEFAULT_PORT = 3000
@@ -956,7 +960,11 @@ class LocalStack:
     are); ``env_overrides`` are applied last and win. ``os.environ`` is restored by
     :meth:`stop`. When a function uses ``LITELLM_PROXY_URL`` and it is not set, the
     deterministic dev upstream is started and ``LITELLM_PROXY_URL``/``LITELLM_MASTER_KEY``
-    point at it (``dev_upstream=False`` disables this).
+    point at it (``dev_upstream=False`` disables this). Likewise, when a function uses a
+    Stripe secret and ``STRIPE_SECRET_KEY`` is not set, the dev Stripe stand-in
+    (``stack.dev_stripe``) is started, delivering its webhooks to this API, and
+    ``STRIPE_API_BASE``/``STRIPE_SECRET_KEY``/``STRIPE_WEBHOOK_SECRET`` point at it
+    (``dev_stripe=False`` disables this).
     """
 
     def __init__(
@@ -972,6 +980,7 @@ class LocalStack:
         authority: JwtAuthority | None = None,
         stack_name: str = "llmcredits-local",
         dev_upstream: bool = True,
+        dev_stripe: bool = True,
     ) -> None:
         self.template = Template(template_path or _default_template())
         self.host = host
@@ -993,6 +1002,8 @@ class LocalStack:
         self._stop_requested = threading.Event()
         self.dev_upstream_enabled = dev_upstream
         self.dev_upstream: Any = None
+        self.dev_stripe_enabled = dev_stripe
+        self.dev_stripe: Any = None
 
     # -- lifecycle --------------------------------------------------------------
     @property
@@ -1032,7 +1043,12 @@ class LocalStack:
             self._setup_authorizers()
             if self.dev_upstream_enabled:
                 self._start_dev_upstream()
+            if self.dev_stripe_enabled:
+                self._start_dev_stripe()
             self._start_server()
+            if self.dev_stripe is not None:  # the API's port is known now
+                host = "127.0.0.1" if self.host in ("", "0.0.0.0", "::") else self.host  # noqa: S104
+                self.dev_stripe.webhook_url = f"http://{host}:{self.port}{STRIPE_WEBHOOK_PATH}"
             if self.enable_workers:
                 self._start_workers()
         except BaseException:
@@ -1056,6 +1072,9 @@ class LocalStack:
         if self.dev_upstream is not None:
             self.dev_upstream.stop()
             self.dev_upstream = None
+        if self.dev_stripe is not None:
+            self.dev_stripe.stop()
+            self.dev_stripe = None
         if self.embedded is not None:
             self.embedded.stop()
             self.embedded = None
@@ -1128,6 +1147,25 @@ class LocalStack:
         os.environ["LITELLM_PROXY_URL"] = self.dev_upstream.url
         os.environ["LITELLM_MASTER_KEY"] = master_key
         log.info("dev upstream (deterministic, not a model) on %s", self.dev_upstream.url)
+
+    def _start_dev_stripe(self) -> None:
+        """Serve the dev Stripe stand-in unless STRIPE_SECRET_KEY is set (real test keys)."""
+        wanted = any(
+            key in fn.environment
+            for fn in self.functions.defs.values()
+            for key in ("STRIPE_SECRET_KEY_PARAM", "STRIPE_WEBHOOK_SECRET_PARAM")
+        )
+        if not wanted or os.environ.get("STRIPE_SECRET_KEY"):
+            return
+        from llmcredits.local.dev_stripe import DevStripe
+
+        webhook_secret = os.environ.get("STRIPE_WEBHOOK_SECRET") or DEV_STRIPE_WEBHOOK_SECRET
+        # The webhook URL is set once the API server has its port (see start()).
+        self.dev_stripe = DevStripe(None, webhook_secret, DEV_STRIPE_SECRET_KEY).start()
+        os.environ["STRIPE_API_BASE"] = self.dev_stripe.url
+        os.environ["STRIPE_SECRET_KEY"] = DEV_STRIPE_SECRET_KEY
+        os.environ["STRIPE_WEBHOOK_SECRET"] = webhook_secret
+        log.info("dev Stripe (development stand-in, no money moves) on %s", self.dev_stripe.url)
 
     def _make_authority(self, config: Mapping[str, Any]) -> JwtAuthority:
         if self._authority_override is not None:

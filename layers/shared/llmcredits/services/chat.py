@@ -53,6 +53,9 @@ class ChatResult:
     content_type: str
     body: str
     headers: dict[str, str]
+    # For metrics (the handler emits them): what was charged, and the upstream's time.
+    cost: Decimal = ZERO
+    upstream_ms: int = 0
 
 
 class ChatService:
@@ -162,10 +165,12 @@ class ChatService:
             "X-Request-Id": request_id,
         }
         if request.stream:
-            return ChatResult(200, "text/event-stream", self._sse(reply.chunks, cost), headers)
+            return ChatResult(200, "text/event-stream", self._sse(reply.chunks, cost), headers,
+                              cost=cost, upstream_ms=latency_ms)
         body = dict(reply.body or {})
         body["usage"] = {**(body.get("usage") or {}), "cost": quantize(cost)}
-        return ChatResult(200, "application/json", jsonexact.dumps(body), headers)
+        return ChatResult(200, "application/json", jsonexact.dumps(body), headers,
+                          cost=cost, upstream_ms=latency_ms)
 
     def _price(
         self, route: Route, tier: str, prompt: int, completion: int, fee_rate: Decimal

@@ -30,6 +30,7 @@ from llmcredits.domain.ledger import (
     Tier,
     fingerprint,
     month_of,
+    plan_adjustment_debit,
     plan_clawback,
     plan_credit,
     plan_release,
@@ -251,6 +252,43 @@ class LedgerService:
             claim=None,
             status=200,
             records=records,
+        )
+
+    def adjust_down(
+        self,
+        user_id: str,
+        amount: Decimal,
+        reason: str,
+        actor: str,
+        *,
+        allow_negative: bool = False,
+        idempotency_key: str | None = None,
+    ) -> ChangeResult:
+        """An operator's downward correction: an ``adjustment`` entry of ``-amount``.
+
+        Refused (402, nothing written) if it would take ``available`` below zero, unless
+        ``allow_negative``; 404 for a user who never had an account."""
+        self.find_account(user_id)
+        claim = None
+        if idempotency_key:
+            claim = IdempotencyClaim(
+                scope=f"admin-adjust#{actor}",
+                key=idempotency_key,
+                fingerprint=fingerprint(
+                    {"user": user_id, "amount": str(-amount), "reason": reason,
+                     "allow_negative": allow_negative}
+                ),
+            )
+        metadata: dict[str, Any] = {"reason": reason, "by": actor}
+        if allow_negative:
+            metadata["allow_negative"] = True
+        return self._change(
+            user_id,
+            plan=lambda account: plan_adjustment_debit(account, amount, allow_negative),
+            entry_type=EntryType.ADJUSTMENT,
+            details={"metadata": metadata},
+            claim=claim,
+            status=201,
         )
 
     def _change(

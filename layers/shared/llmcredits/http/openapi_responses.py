@@ -1,0 +1,307 @@
+"""Reusable OpenAPI ``responses`` for the route decorators.
+
+Every error the API answers has the OpenAI shape ``{"error": {"message", "type", "code",
+"param"}}`` (:class:`ErrorResponse`). API Gateway itself answers some statuses before a
+function runs (401 from the JWT authorizer, 403 for a missing route scope, 413 over its
+10 MB limit) with ``{"message": ...}`` only (the local stack adds the same ``error``
+object): those statuses document :class:`GatewayOrApiError`, which accepts either.
+
+A decorator combines :func:`ok` / :func:`created` / :func:`no_content` with
+:func:`errors`::
+
+    @app.get(path, responses={**ok("The account"), **errors(401, 403, 404)})
+
+The models here only document responses; handlers never build them.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse
+from pydantic import BaseModel, ConfigDict, Field, RootModel, WithJsonSchema
+
+from llmcredits.models import MONEY_SCHEMA
+
+JSON = "application/json"
+EVENT_STREAM = "text/event-stream"
+
+
+# ------------------------------------------------------------------ error bodies
+
+
+class ErrorDetail(BaseModel):
+    message: str = Field(description="What went wrong, for a human")
+    type: str = Field(
+        description="invalid_request_error, authentication_error, billing_error, "
+        "permission_error, not_found_error, conflict_error, rate_limit_error, "
+        "upstream_error or server_error",
+        examples=["invalid_request_error"],
+    )
+    code: str | None = Field(
+        description="Machine-readable reason, e.g. invalid_request, insufficient_credits, "
+        "monthly_cap_reached, rate_limited, idempotency_conflict, request_too_large",
+        examples=["insufficient_credits"],
+    )
+    param: str | None = Field(description="The offending parameter, when there is one")
+
+
+class ErrorResponse(BaseModel):
+    """The OpenAI error shape, used by every error this API answers."""
+
+    error: ErrorDetail
+
+
+class GatewayError(BaseModel):
+    """API Gateway's own answer (before any function runs): ``{"message": ...}``.
+
+    The local stack adds the OpenAI ``error`` object next to ``message``."""
+
+    message: str = Field(examples=["Unauthorized"])
+    error: ErrorDetail | None = None
+
+
+class GatewayOrApiError(RootModel[ErrorResponse | GatewayError]):
+    """Either API Gateway's ``{"message"}`` or the API's OpenAI-shaped error."""
+
+
+# ------------------------------------------------------- chat completion bodies
+
+CostNumber = Annotated[
+    Decimal,
+    WithJsonSchema({
+        "type": "number",
+        "minimum": 0,
+        "description": "Credits charged for this request (exact decimal, up to 6 places; "
+        "the same amount as the X-Credits-Charged header)",
+        "examples": [0.000123],
+    }),
+]
+
+
+class CompletionUsage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
+    cost: CostNumber
+
+
+class CompletionMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: str = Field(examples=["assistant"])
+    content: str | None = None
+
+
+class CompletionChoice(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    index: int
+    message: CompletionMessage
+    finish_reason: str | None = Field(default=None, examples=["stop"])
+
+
+class ChatCompletion(BaseModel):
+    """The upstream's OpenAI chat completion, passed through, plus ``usage.cost``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: CompletionUsage
+
+
+CHAT_STREAM_DESCRIPTION = (
+    "With `stream: true`: the complete server-sent event stream, returned at once (HTTP "
+    "API buffers responses). Each event is `data: <chat.completion.chunk JSON>`; the last "
+    "chunk carries `usage` with `cost`; the stream ends with `data: [DONE]`."
+)
+#: One server-sent event of the stream (as OpenAPI 3.1 tools read an event-stream schema).
+CHAT_STREAM_EVENT: dict[str, Any] = {
+    "type": "object",
+    "description": CHAT_STREAM_DESCRIPTION,
+    "required": ["data"],
+    "properties": {
+        "data": {
+            "type": "string",
+            "description": "A chat.completion.chunk as JSON, or `[DONE]` (the last event)",
+        },
+        "event": {"type": "string"},
+        "id": {"type": "string"},
+        "retry": {"type": "integer"},
+    },
+}
+CHAT_STREAM_EXAMPLE = (
+    'data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1760000000,'
+    '"model":"m","choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":null}]}\n\n'
+    'data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1760000000,'
+    '"model":"m","choices":[],"usage":{"prompt_tokens":9,"completion_tokens":1,'
+    '"total_tokens":10,"cost":0.000012}}\n\n'
+    "data: [DONE]\n\n"
+)
+
+
+# ------------------------------------------------------------- stripe webhook
+
+STRIPE_SIGNATURE_PARAMETER: dict[str, Any] = {
+    "name": "Stripe-Signature",
+    "in": "header",
+    "required": True,
+    "description": "Stripe's signature of the raw body: `t=<unix time>,v1=<hex HMAC-SHA256>`",
+    "schema": {"type": "string", "examples": ["t=1760000000,v1=5257a869e7ecebeda32affa62cdca3fa51"
+                                              "cad7e77a0e56ff536d0ce8e108d8bd"]},
+}
+STRIPE_EVENT_BODY: dict[str, Any] = {
+    "required": True,
+    "description": "A Stripe event, exactly as Stripe sent it (checkout.session.completed, "
+    "checkout.session.async_payment_succeeded/failed, charge.refunded, "
+    "charge.dispute.created, ...; others are acknowledged and ignored)",
+    "content": {JSON: {"schema": {
+        "type": "object",
+        "required": ["id", "object", "type", "data"],
+        "properties": {
+            "id": {"type": "string", "examples": ["evt_1"]},
+            "object": {"type": "string", "const": "event"},
+            "type": {"type": "string", "examples": ["checkout.session.completed"]},
+            "data": {"type": "object", "required": ["object"],
+                     "properties": {"object": {"type": "object"}}},
+        },
+    }}},
+}
+
+
+# -------------------------------------------------------------------- headers
+
+
+def _money_header(description: str, required: bool = True) -> dict[str, Any]:
+    return {"description": description, "required": required,
+            "schema": {k: v for k, v in MONEY_SCHEMA.items() if k != "description"}}
+
+
+CREDIT_HEADERS: dict[str, Any] = {
+    "X-Credits-Charged": _money_header("Credits charged for this request"),
+    "X-Credits-Remaining": _money_header("The balance after the charge"),
+    "X-Request-Id": {"description": "The request id (also in the ledger entry)",
+                     "schema": {"type": "string"}},
+}
+REPLAY_HEADERS: dict[str, Any] = {
+    "Idempotent-Replayed": {
+        "description": "`true` when this is the stored first result of the Idempotency-Key",
+        "schema": {"type": "string", "enum": ["true"]},
+    },
+}
+RETRY_AFTER: dict[str, Any] = {
+    "Retry-After": {"description": "Seconds to wait before retrying",
+                    "schema": {"type": "string", "pattern": r"^\d+$"}},
+}
+
+
+# ------------------------------------------------------------------- successes
+
+
+def ok(description: str = "Success", model: Any = None,
+       headers: dict[str, Any] | None = None) -> dict[int, OpenAPIResponse]:
+    """200; without ``model`` the schema comes from the handler's return annotation."""
+    return {200: _success(description, model, headers)}
+
+
+def created(description: str, model: Any,
+            headers: dict[str, Any] | None = None) -> dict[int, OpenAPIResponse]:
+    """201 with ``model`` as the JSON body."""
+    return {201: _success(description, model, headers)}
+
+
+def no_content(description: str = "Done; no body") -> dict[int, OpenAPIResponse]:
+    # An empty content map: without one Powertools documents the return annotation.
+    return {204: {"description": description, "content": {}}}
+
+
+def _success(description: str, model: Any, headers: dict[str, Any] | None) -> OpenAPIResponse:
+    response: OpenAPIResponse = {"description": description}
+    if model is not None:
+        response["content"] = {JSON: {"model": model}}
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+def chat_completion_ok() -> dict[int, OpenAPIResponse]:
+    """200 of POST /chat/completions: JSON, or the whole event stream with ``stream``."""
+    return {200: {
+        "description": "The completion and what it cost. JSON, or with `stream: true` a "
+        "complete `text/event-stream` body.",
+        "headers": CREDIT_HEADERS,
+        "content": {
+            JSON: {"model": ChatCompletion},
+            EVENT_STREAM: {
+                "schema": CHAT_STREAM_EVENT,
+                "examples": {"stream": {"value": CHAT_STREAM_EXAMPLE}},
+            },
+        },
+    }}
+
+
+# ---------------------------------------------------------------------- errors
+
+#: Statuses API Gateway may answer itself (``{"message"}``) on every route.
+GATEWAY_STATUSES = frozenset({401, 413})
+
+ERROR_DESCRIPTIONS: dict[int, str] = {
+    400: "Invalid input: a malformed body, parameter or header (`invalid_request_error`)",
+    401: "No bearer token, or one that is not valid (bad signature, expired, not yet valid, "
+    "wrong issuer or audience). Answered by API Gateway's JWT authorizer with "
+    '`{"message": "Unauthorized"}`.',
+    402: "`insufficient_credits` (the balance minus holds cannot cover the request's upper "
+    "bound) or `monthly_cap_reached`; nothing was sent upstream",
+    403: "Not allowed (`permission_error`)",
+    404: "Not found (`not_found_error`)",
+    409: "`idempotency_conflict`: this Idempotency-Key was used with a different request",
+    413: "`request_too_large`: the body is over this route's limit (64 KiB; 1 MB for chat "
+    "completions and the Stripe webhook); API Gateway's own limit is 10 MB",
+    429: "`rate_limited`: over the tier's requests per minute (or the provider is rate "
+    "limiting); retry after `Retry-After` seconds. Nothing was charged.",
+    500: "Internal error (`server_error`); retry with the same Idempotency-Key",
+    502: "The model provider failed or sent an unusable answer (`upstream_error`); the "
+    "hold was released, nothing was charged",
+    503: "The account or payment is busy with concurrent writes (`contention`) or the "
+    "event must wait for an earlier one; nothing was written, retry",
+    504: "The model provider did not answer in time (`upstream_timeout`); nothing was "
+    "charged",
+}
+
+ADMIN_403 = (
+    "The token lacks the `llmcredits/admin` scope. API Gateway checks the route scope "
+    '(`{"message": "Forbidden"}`); the function checks again (`not_admin`).'
+)
+
+
+def errors(
+    *statuses: int | tuple[int, str], gateway: frozenset[int] = GATEWAY_STATUSES
+) -> dict[int, OpenAPIResponse]:
+    """Error responses for ``statuses``; a ``(status, description)`` overrides the text.
+
+    Statuses in ``gateway`` document API Gateway's ``{"message"}`` body as well."""
+    out: dict[int, OpenAPIResponse] = {}
+    for item in statuses:
+        status, description = item if isinstance(item, tuple) else (item,
+                                                                    ERROR_DESCRIPTIONS[item])
+        model = GatewayOrApiError if status in gateway else ErrorResponse
+        response: OpenAPIResponse = {"description": description,
+                                     "content": {JSON: {"model": model}}}
+        if status == 429:
+            response["headers"] = RETRY_AFTER
+        out[status] = response
+    return out
+
+
+def admin_errors(*statuses: int | tuple[int, str]) -> dict[int, OpenAPIResponse]:
+    """:func:`errors` of an admin route: 401 and 403 (scope) also from API Gateway."""
+    return errors(*sorted([*statuses, (403, ADMIN_403)],
+                          key=lambda s: s[0] if isinstance(s, tuple) else s),
+                  gateway=GATEWAY_STATUSES | {403})

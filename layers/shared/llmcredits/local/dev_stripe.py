@@ -1,0 +1,748 @@
+"""DEVELOPMENT STAND-IN for Stripe: Checkout Sessions, a pay page and signed webhooks.
+
+Not Stripe and not for production: no card is charged and nothing leaves 127.0.0.1.
+``make dev`` starts it when ``STRIPE_SECRET_KEY`` is not set, so buying credits works
+offline end to end; tests use it (``tests/fakes/stripe_api.py`` re-exports it) to see
+exactly what our Stripe adapter sends. Every response carries ``X-Dev-Stripe: true``.
+
+Stripe's API as our adapter (``llmcredits.dal.stripe_checkout``) uses it:
+
+* ``POST /v1/checkout/sessions`` (form-encoded, ``Authorization: Bearer sk_...``): a
+  ``checkout.session`` object (``status`` "open", ``payment_status`` "unpaid") whose
+  ``url`` is this server's own ``/pay/<session id>``. ``Idempotency-Key``: the same key
+  with the same parameters replays the first response (``Idempotent-Replayed: true``);
+  with different parameters it is a 400 ``idempotency_error``, as on Stripe. Only
+  successful creations are saved (Stripe does not save requests that failed validation).
+* ``GET /v1/checkout/sessions/<id>``: the session as it is now.
+* ``POST /v1/refunds`` (``payment_intent``, optional ``amount``): refunds as below.
+
+Stand-in pages (no API key; what a buyer's browser or a developer's curl does):
+
+* ``GET /pay/<session id>`` or ``POST /pay/<session id>``: the buyer pays. The session
+  becomes ``complete``/``paid`` with a ``payment_intent`` (``pi_test_...``) and a charge,
+  a ``checkout.session.completed`` event is delivered, signed, to the webhook URL (before
+  answering, so the credit has landed when the redirect is followed), then ``303`` to
+  the session's ``success_url`` (``{CHECKOUT_SESSION_ID}`` filled in, like Stripe). Paying
+  a paid session charges nothing again: it redelivers the same event (same event id, as
+  a Stripe retry would), which also retries a delivery that failed.
+* ``POST /refund/<session id>?amount=<cents>`` (default: all that is left): refunds part
+  of the payment and delivers ``charge.refunded`` with the cumulative ``amount_refunded``.
+
+Webhook signing is Stripe's scheme (https://docs.stripe.com/webhooks#verify-manually):
+``Stripe-Signature: t=<unix time>,v1=<hex HMAC-SHA256 of "<t>.<raw body>">`` keyed with
+the endpoint secret; the body is pretty-printed JSON, as Stripe sends it. Deliveries are
+not retried automatically; each is recorded in :attr:`DevStripe.deliveries`.
+
+Python API::
+
+    with DevStripe(webhook_url, "whsec_dev", "sk_test_dev") as stripe:
+        # point STRIPE_API_BASE at stripe.url, STRIPE_SECRET_KEY at "sk_test_dev"
+        stripe.pay(session_id)          # or GET stripe.url + "/pay/" + session_id
+        stripe.requests, stripe.sessions, stripe.events, stripe.deliveries
+
+Command line: ``python -m llmcredits.local.dev_stripe --port 12111 --webhook-url
+http://127.0.0.1:3000/api/v1/llm/stripe/webhook``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import hashlib
+import hmac
+import json
+import secrets
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, parse_qsl, urlsplit
+
+DEV_HEADER = "X-Dev-Stripe"
+API_VERSION = "2025-10-29.clover"
+MAX_BODY_BYTES = 1024 * 1024
+WEBHOOK_TIMEOUT_SECONDS = 15.0
+WEBHOOK_USER_AGENT = "Stripe/1.0 (+https://stripe.com/docs/webhooks)"
+#: Stripe's minimum charge in USD cents.
+MINIMUM_AMOUNT_CENTS = 50
+#: The default webhook signing secret (public: this is a development stand-in).
+DEV_WEBHOOK_SECRET = "whsec_dev_local"  # noqa: S105 - not a secret
+
+
+# --------------------------------------------------------------------------- objects
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_test_{secrets.token_hex(12)}"
+
+
+def checkout_session(
+    *,
+    user_id: str | None,
+    amount_cents: int,
+    session_id: str | None = None,
+    payment_intent: str | None = "auto",
+    payment_status: str = "paid",
+    metadata: dict[str, str] | None = None,
+    success_url: str = "http://localhost:3000/billing/success",
+    cancel_url: str | None = "http://localhost:3000/billing",
+    currency: str = "usd",
+) -> dict[str, Any]:
+    """A ``checkout.session`` object (by default paid, with llmcredits metadata)."""
+    now = int(time.time())
+    sid = session_id or new_id("cs")
+    if metadata is None:
+        metadata = (
+            {
+                "llmcredits_user_id": user_id,
+                "llmcredits_credits": f"{amount_cents // 100}.{amount_cents % 100:02d}",
+            }
+            if user_id
+            else {}
+        )
+    return {
+        "id": sid,
+        "object": "checkout.session",
+        "amount_subtotal": amount_cents,
+        "amount_total": amount_cents,
+        "cancel_url": cancel_url,
+        "client_reference_id": user_id,
+        "created": now,
+        "currency": currency,
+        "customer": None,
+        "customer_details": {"email": "buyer@example.com", "name": "Buyer"},
+        "expires_at": now + 86400,
+        "livemode": False,
+        "metadata": metadata,
+        "mode": "payment",
+        "payment_intent": new_id("pi") if payment_intent == "auto" else payment_intent,
+        "payment_method_types": ["card"],
+        "payment_status": payment_status,
+        "status": "complete" if payment_status == "paid" else "open",
+        "success_url": success_url,
+        "total_details": {"amount_discount": 0, "amount_shipping": 0, "amount_tax": 0},
+        "url": None,
+    }
+
+
+def charge(
+    *,
+    payment_intent: str,
+    amount: int,
+    amount_refunded: int,
+    charge_id: str | None = None,
+    currency: str = "usd",
+) -> dict[str, Any]:
+    """A ``charge`` object; ``amount_refunded`` is cumulative, as on Stripe."""
+    return {
+        "id": charge_id or new_id("ch"),
+        "object": "charge",
+        "amount": amount,
+        "amount_captured": amount,
+        "amount_refunded": amount_refunded,
+        "captured": True,
+        "created": int(time.time()),
+        "currency": currency,
+        "disputed": False,
+        "livemode": False,
+        "metadata": {},
+        "paid": True,
+        "payment_intent": payment_intent,
+        "refunded": amount_refunded == amount,
+        "status": "succeeded",
+    }
+
+
+def dispute(
+    *,
+    payment_intent: str,
+    amount: int,
+    charge_id: str | None = None,
+    dispute_id: str | None = None,
+) -> dict[str, Any]:
+    return {
+        "id": dispute_id or new_id("dp"),
+        "object": "dispute",
+        "amount": amount,
+        "charge": charge_id or new_id("ch"),
+        "created": int(time.time()),
+        "currency": "usd",
+        "is_charge_refundable": False,
+        "livemode": False,
+        "metadata": {},
+        "payment_intent": payment_intent,
+        "reason": "fraudulent",
+        "status": "needs_response",
+    }
+
+
+def event(type_: str, obj: dict[str, Any], event_id: str | None = None) -> dict[str, Any]:
+    """A Stripe ``event`` wrapping ``obj``."""
+    return {
+        "id": event_id or f"evt_{secrets.token_hex(12)}",
+        "object": "event",
+        "api_version": API_VERSION,
+        "created": int(time.time()),
+        "data": {"object": obj},
+        "livemode": False,
+        "pending_webhooks": 1,
+        "request": {"id": None, "idempotency_key": None},
+        "type": type_,
+    }
+
+
+def payload(evt: dict[str, Any]) -> str:
+    """The body as Stripe sends it (pretty-printed)."""
+    return json.dumps(evt, indent=2)
+
+
+def sign(body: str, secret: str, timestamp: int | None = None) -> str:
+    """The Stripe-Signature header Stripe sends with ``body``."""
+    ts = int(time.time()) if timestamp is None else timestamp
+    mac = hmac.new(secret.encode(), f"{ts}.{body}".encode(), hashlib.sha256).hexdigest()
+    return f"t={ts},v1={mac}"
+
+
+def stripe_error(type_: str, message: str, param: str | None = None,
+                 code: str | None = None) -> dict[str, Any]:
+    """Stripe's error body: ``{"error": {"type", "message", "param"?, "code"?}}``."""
+    body: dict[str, Any] = {"type": type_, "message": message}
+    if param:
+        body["param"] = param
+    if code:
+        body["code"] = code
+    return {"error": body}
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass
+class RecordedRequest:
+    """One request as received (form fields of a form-encoded body, else ``{}``)."""
+
+    method: str
+    path: str
+    headers: dict[str, str]  # lower-case names
+    form: dict[str, str]
+    query: dict[str, str] = field(default_factory=dict)
+    received_at: float = field(default_factory=time.time)
+
+    @property
+    def idempotency_key(self) -> str | None:
+        return self.headers.get("idempotency-key")
+
+    @property
+    def api_key(self) -> str | None:
+        auth = self.headers.get("authorization", "")
+        return auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else None
+
+    def prefixed(self, prefix: str) -> dict[str, str]:
+        """Form fields under ``prefix[...]``, e.g. prefixed("metadata")."""
+        start = f"{prefix}["
+        return {
+            k[len(start) : -1]: v
+            for k, v in self.form.items()
+            if k.startswith(start) and k.endswith("]") and "][" not in k[len(start) :]
+        }
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One webhook delivery attempt: ``status`` None when the endpoint was unreachable."""
+
+    event_id: str
+    event_type: str
+    url: str
+    status: int | None
+    body: str
+    error: str | None = None
+    delivered_at: float = field(default_factory=time.time)
+
+    @property
+    def ok(self) -> bool:
+        return self.status is not None and 200 <= self.status < 300
+
+    @property
+    def outcome(self) -> str | None:
+        """Our webhook's ``outcome`` (credited, duplicate, refunded, ...) when it said one."""
+        try:
+            parsed = json.loads(self.body)
+        except ValueError:
+            return None
+        value = parsed.get("outcome") if isinstance(parsed, dict) else None
+        return value if isinstance(value, str) else None
+
+
+class DevStripeError(Exception):
+    """A Stripe-shaped error answer."""
+
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        super().__init__(body.get("error", {}).get("message", ""))
+        self.status = status
+        self.body = body
+
+
+def _invalid(message: str, param: str | None = None, code: str | None = None) -> DevStripeError:
+    return DevStripeError(400, stripe_error("invalid_request_error", message, param, code))
+
+
+def _missing(kind: str, ident: str) -> DevStripeError:
+    return DevStripeError(
+        404,
+        stripe_error("invalid_request_error", f"No such {kind}: '{ident}'", "id",
+                     "resource_missing"),
+    )
+
+
+# --------------------------------------------------------------------------- the stand-in
+
+
+@dataclass
+class _Payment:
+    """What paying a session created: its charge, its event, the refunded total."""
+
+    payment_intent: str
+    charge_id: str
+    completed_event: dict[str, Any]
+    refunded: int = 0
+
+
+class DevStripe:
+    """Stripe's Checkout API, a pay page and signed webhooks on 127.0.0.1 (dev stand-in).
+
+    ``api_key``: the secret key requests must carry (None: any ``sk_...`` key).
+    ``webhook_url``: where events are delivered (None: recorded in :attr:`events` only);
+    may be set after start (e.g. once the API's port is known).
+    """
+
+    def __init__(
+        self,
+        webhook_url: str | None = None,
+        webhook_secret: str = DEV_WEBHOOK_SECRET,
+        api_key: str | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        self.webhook_url = webhook_url
+        self.webhook_secret = webhook_secret
+        self.api_key = api_key
+        self.host = host
+        self.port = port
+        #: (status, Stripe error body) to answer every API request with (an outage).
+        self.fail_with: tuple[int, dict[str, Any]] | None = None
+        self._lock = threading.Lock()
+        self._requests: list[RecordedRequest] = []
+        self._sessions: dict[str, dict[str, Any]] = {}
+        self._payments: dict[str, _Payment] = {}  # by session id
+        self._events: list[dict[str, Any]] = []
+        self._deliveries: list[Delivery] = []
+        # (api key, idempotency key) -> (form, response body)
+        self._idempotent: dict[tuple[str, str], tuple[dict[str, str], dict[str, Any]]] = {}
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    # ---- lifecycle
+
+    def start(self) -> DevStripe:
+        if self._server is not None:
+            return self
+        server = _Server((self.host, self.port), _Handler)
+        server.stripe = self
+        self.port = server.server_address[1]
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"dev-stripe:{self.port}",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self) -> DevStripe:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        """Base URL (STRIPE_API_BASE), e.g. ``http://127.0.0.1:41234``."""
+        if self._server is None:
+            raise RuntimeError("DevStripe is not started")
+        return f"http://{self.host}:{self.port}"
+
+    def pay_url(self, session_id: str) -> str:
+        return f"{self.url}/pay/{session_id}"
+
+    # ---- what happened (snapshots)
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        """Every request received (API calls and pay/refund pages), oldest first."""
+        with self._lock:
+            return list(self._requests)
+
+    @property
+    def sessions(self) -> dict[str, dict[str, Any]]:
+        """Checkout Sessions by id, as they are now."""
+        with self._lock:
+            return copy.deepcopy(self._sessions)
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        """Every event created (delivered or not), oldest first."""
+        with self._lock:
+            return copy.deepcopy(self._events)
+
+    @property
+    def deliveries(self) -> list[Delivery]:
+        with self._lock:
+            return list(self._deliveries)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._requests.clear()
+            self._sessions.clear()
+            self._payments.clear()
+            self._events.clear()
+            self._deliveries.clear()
+            self._idempotent.clear()
+
+    # ---- the buyer and the operator
+
+    def pay(self, session_id: str) -> tuple[dict[str, Any], Delivery | None]:
+        """Pay the session (once; again = redeliver its event) and deliver the event."""
+        with self._lock:
+            session = self._sessions.get(session_id)
+            if session is None:
+                raise _missing("checkout.session", session_id)
+            paid = self._payments.get(session_id)
+            if paid is None:
+                pi = new_id("pi")
+                session = {**session, "status": "complete", "payment_status": "paid",
+                           "payment_intent": pi, "url": None}
+                self._sessions[session_id] = session
+                evt = event("checkout.session.completed", copy.deepcopy(session))
+                paid = _Payment(pi, new_id("ch"), evt)
+                self._payments[session_id] = paid
+                self._events.append(evt)
+            evt = copy.deepcopy(paid.completed_event)
+            session = copy.deepcopy(session)
+        return session, self.deliver(evt)
+
+    def refund(self, session_id: str, amount: int | None = None
+               ) -> tuple[dict[str, Any], Delivery | None]:
+        """Refund ``amount`` cents (default: the rest) and deliver ``charge.refunded``.
+        Returns the refund object and the delivery."""
+        with self._lock:
+            session = self._sessions.get(session_id)
+            if session is None:
+                raise _missing("checkout.session", session_id)
+            paid = self._payments.get(session_id)
+            if paid is None:
+                raise _invalid("This PaymentIntent does not have a successful charge to "
+                               "refund.", "payment_intent", "charge_not_refundable")
+            total = int(session["amount_total"])
+            left = total - paid.refunded
+            amount = left if amount is None else amount
+            if amount <= 0:
+                raise _invalid("Refund amount must be a positive integer of cents."
+                               if left > 0 else f"Charge {paid.charge_id} has already been "
+                               "refunded.", "amount",
+                               "parameter_invalid_integer" if left > 0 else
+                               "charge_already_refunded")
+            if amount > left:
+                raise _invalid(f"Refund amount (${amount / 100:.2f}) is greater than "
+                               f"unrefunded amount on charge (${left / 100:.2f})", "amount",
+                               "amount_too_large")
+            paid.refunded += amount
+            obj = charge(payment_intent=paid.payment_intent, amount=total,
+                         amount_refunded=paid.refunded, charge_id=paid.charge_id,
+                         currency=str(session["currency"]))
+            evt = event("charge.refunded", obj)
+            self._events.append(evt)
+            refund = {
+                "id": new_id("re"), "object": "refund", "amount": amount,
+                "charge": paid.charge_id, "created": int(time.time()),
+                "currency": session["currency"], "metadata": {},
+                "payment_intent": paid.payment_intent, "reason": None,
+                "status": "succeeded",
+            }
+            evt = copy.deepcopy(evt)
+        return refund, self.deliver(evt)
+
+    def deliver(self, evt: dict[str, Any]) -> Delivery | None:
+        """POST ``evt``, signed, to the webhook URL (None when there is none)."""
+        url = self.webhook_url
+        if not url:
+            return None
+        body = payload(evt)
+        request = urllib.request.Request(  # noqa: S310 - http(s) URL from our own config
+            url,
+            data=body.encode(),
+            method="POST",
+            headers={
+                "Content-Type": "application/json; charset=utf-8",
+                "User-Agent": WEBHOOK_USER_AGENT,
+                "Stripe-Signature": sign(body, self.webhook_secret),
+            },
+        )
+        status: int | None
+        error: str | None = None
+        try:
+            with urllib.request.urlopen(  # noqa: S310
+                request, timeout=WEBHOOK_TIMEOUT_SECONDS
+            ) as response:
+                status, text = response.status, response.read().decode(errors="replace")
+        except urllib.error.HTTPError as exc:
+            status, text = exc.code, exc.read().decode(errors="replace")
+        except (urllib.error.URLError, OSError) as exc:
+            status, text, error = None, "", str(getattr(exc, "reason", exc))
+        delivery = Delivery(evt["id"], evt["type"], url, status, text, error)
+        with self._lock:
+            self._deliveries.append(delivery)
+        return delivery
+
+    # ---- the API (called by the handler)
+
+    def _record(self, request: RecordedRequest) -> None:
+        with self._lock:
+            self._requests.append(request)
+
+    def _api(self, req: RecordedRequest) -> tuple[int, dict[str, Any], dict[str, str]]:
+        with self._lock:
+            if self.fail_with is not None:
+                return self.fail_with[0], copy.deepcopy(self.fail_with[1]), {}
+        key = req.api_key
+        if not key:
+            raise DevStripeError(401, stripe_error(
+                "invalid_request_error", "You did not provide an API key."))
+        if (self.api_key is not None and not hmac.compare_digest(
+                key.encode(), self.api_key.encode())) or not key.startswith("sk_"):
+            raise DevStripeError(401, stripe_error(
+                "invalid_request_error", f"Invalid API Key provided: {key[:8]}****",
+                code="api_key_invalid"))
+        path = req.path.rstrip("/")
+        if req.method == "POST" and path == "/v1/checkout/sessions":
+            return self._create_session(req, key)
+        if req.method == "GET" and path.startswith("/v1/checkout/sessions/"):
+            sid = path.rsplit("/", 1)[1]
+            with self._lock:
+                found = self._sessions.get(sid)
+                if found is None:
+                    raise _missing("checkout.session", sid)
+                return 200, copy.deepcopy(found), {}
+        if req.method == "POST" and path == "/v1/refunds":
+            return 200, self._refund_by_payment_intent(req.form), {}
+        raise DevStripeError(404, stripe_error(
+            "invalid_request_error", f"Unrecognized request URL ({req.method}: {req.path})."))
+
+    def _create_session(self, req: RecordedRequest, api_key: str
+                        ) -> tuple[int, dict[str, Any], dict[str, str]]:
+        with self._lock:
+            idem = req.idempotency_key
+            if idem:
+                seen = self._idempotent.get((api_key, idem))
+                if seen is not None:
+                    form, body = seen
+                    if form != req.form:
+                        raise DevStripeError(400, stripe_error(
+                            "idempotency_error",
+                            "Keys for idempotent requests can only be used with the same "
+                            "parameters they were first used with. Try using a key other "
+                            f"than '{idem}' if you meant to execute a different request."))
+                    return 200, copy.deepcopy(body), {"Idempotent-Replayed": "true"}
+            session = self._new_session(req)
+            self._sessions[session["id"]] = session
+            if idem:
+                self._idempotent[(api_key, idem)] = (dict(req.form), copy.deepcopy(session))
+            return 200, copy.deepcopy(session), {}
+
+    def _new_session(self, req: RecordedRequest) -> dict[str, Any]:
+        form = req.form
+        if form.get("mode") != "payment":
+            raise _invalid("Invalid mode: this stand-in supports mode=payment only.", "mode")
+        for name in ("success_url", "line_items[0][quantity]",
+                     "line_items[0][price_data][currency]",
+                     "line_items[0][price_data][unit_amount]",
+                     "line_items[0][price_data][product_data][name]"):
+            if not form.get(name):
+                raise _invalid(f"Missing required param: {name}.", name, "parameter_missing")
+        try:
+            unit = int(form["line_items[0][price_data][unit_amount]"])
+            quantity = int(form["line_items[0][quantity]"])
+        except ValueError:
+            raise _invalid("Invalid integer", "line_items[0][price_data][unit_amount]",
+                           "parameter_invalid_integer") from None
+        if unit * quantity < MINIMUM_AMOUNT_CENTS:
+            raise _invalid("The Checkout Session's total amount due must add up to at least "
+                           "$0.50 usd", "line_items[0][price_data][unit_amount]")
+        session = checkout_session(
+            user_id=form.get("client_reference_id"),
+            amount_cents=unit * quantity,
+            metadata=req.prefixed("metadata"),
+            payment_status="unpaid",
+            payment_intent=None,  # created when the buyer pays
+            success_url=form["success_url"],
+            cancel_url=form.get("cancel_url"),
+            currency=form["line_items[0][price_data][currency]"].lower(),
+        )
+        session["url"] = self.pay_url(session["id"])
+        return session
+
+    def _refund_by_payment_intent(self, form: dict[str, str]) -> dict[str, Any]:
+        pi = form.get("payment_intent") or ""
+        with self._lock:
+            sid = next((s for s, p in self._payments.items() if p.payment_intent == pi), None)
+        if sid is None:
+            raise _missing("payment_intent", pi) if pi else _invalid(
+                "Missing required param: payment_intent.", "payment_intent", "parameter_missing")
+        return self.refund(sid, _cents(form.get("amount")))[0]
+
+
+def _cents(raw: str | None) -> int | None:
+    if raw is None or raw == "":
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise _invalid("Invalid integer: amount must be a whole number of cents.", "amount",
+                       "parameter_invalid_integer") from None
+
+
+def _success_location(session: dict[str, Any]) -> str:
+    return str(session.get("success_url") or "/").replace("{CHECKOUT_SESSION_ID}", session["id"])
+
+
+# --------------------------------------------------------------------------- HTTP
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+    stripe: DevStripe
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    # Headers and body go out in separate writes: without TCP_NODELAY, Nagle plus the
+    # client's delayed ACK adds ~40 ms to every keep-alive response.
+    disable_nagle_algorithm = True
+    server_version = "llmcredits-dev-stripe"
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Silent: requests carry the secret key; tests read DevStripe.requests instead."""
+
+    def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def do_POST(self) -> None:
+        self._dispatch("POST")
+
+    def _dispatch(self, method: str) -> None:
+        stripe = self.server.stripe
+        parts = urlsplit(self.path)
+        path = parts.path.rstrip("/") or "/"
+        query = dict(parse_qsl(parts.query, keep_blank_values=True))
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_BODY_BYTES:
+            self.close_connection = True
+            self._json(413, stripe_error("invalid_request_error", "Request body too large."))
+            return
+        raw = self.rfile.read(length).decode(errors="replace") if length > 0 else ""
+        form = dict(parse_qsl(raw, keep_blank_values=True)) if raw else {}
+        request = RecordedRequest(method, path, headers, form, query)
+        stripe._record(request)
+        try:
+            if path.startswith("/v1/"):
+                status, body, extra = stripe._api(request)
+                self._json(status, body, extra)
+            elif path.startswith("/pay/"):
+                session, delivery = stripe.pay(path.removeprefix("/pay/"))
+                self._json(303, _page(session, delivery),
+                           {"Location": _success_location(session)})
+            elif method == "POST" and path.startswith("/refund/"):
+                amount = _cents(parse_qs(parts.query).get("amount", [None])[-1])
+                refund, delivery = stripe.refund(path.removeprefix("/refund/"), amount)
+                self._json(200, {"refund": refund, **_page(None, delivery)})
+            else:
+                raise DevStripeError(404, stripe_error(
+                    "invalid_request_error",
+                    f"Unrecognized request URL ({method}: {path})."))
+        except DevStripeError as err:
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                self._json(err.status, err.body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    def _json(self, status: int, body: dict[str, Any],
+              headers: dict[str, str] | None = None) -> None:
+        data = json.dumps(body, indent=2).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Request-Id", f"req_{secrets.token_hex(7)}")
+        self.send_header("Stripe-Version", API_VERSION)
+        self.send_header(DEV_HEADER, "true")
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def _page(session: dict[str, Any] | None, delivery: Delivery | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"dev_stripe": "development stand-in: no money moved"}
+    if session is not None:
+        out["session"] = session
+    out["webhook"] = None if delivery is None else {
+        "event_id": delivery.event_id, "type": delivery.event_type, "url": delivery.url,
+        "status": delivery.status, "outcome": delivery.outcome, "error": delivery.error,
+    }
+    return out
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0] if __doc__ else "")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=12111)
+    parser.add_argument("--webhook-url", default=None)
+    parser.add_argument("--webhook-secret", default=DEV_WEBHOOK_SECRET)
+    parser.add_argument("--api-key", default=None, help="required secret key (default: any sk_)")
+    args = parser.parse_args(argv)
+    stripe = DevStripe(args.webhook_url, args.webhook_secret, args.api_key,
+                       host=args.host, port=args.port).start()
+    print(f"dev Stripe (development stand-in) on {stripe.url}; webhooks to "
+          f"{args.webhook_url or '(none)'}")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stripe.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

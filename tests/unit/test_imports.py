@@ -1,0 +1,120 @@
+"""What each function imports at cold start (in a fresh interpreter, Lambda-like env).
+
+- No function but the purchase and webhook imports ``stripe``.
+- The chat function imports neither ``stripe`` nor the BYOK envelope
+  (``cryptography.fernet``, ``llmcredits.dal.kms_envelope``) until a BYOK key is used.
+  ``cryptography`` itself may be loaded in the dev venv: botocore imports it through
+  pyOpenSSL, which dev tools install (the Lambda runtime has no pyOpenSSL).
+
+Also: scripts/package.py reads template.yaml exactly as PyYAML with CloudFormation tags.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from llmcredits.local.template import load_yaml
+
+from tests.support import ROOT
+
+FUNCTIONS = ROOT / "functions"
+PAYMENT_FUNCTIONS = {"credits_purchase_post", "stripe_webhook"}
+BYOK_FUNCTIONS = {"chat_completions", "byok_keys_post"}  # call providers, seal/open keys
+BYOK_ENVELOPE = ("cryptography.fernet", "llmcredits.dal.kms_envelope")
+
+#: Imports each given function module in turn (fresh interpreter), reporting which of the
+#: watched modules each one brought in first.
+CHILD = r"""
+import importlib.util, json, sys
+dirs, watched = json.loads(sys.argv[1])
+sys.path.insert(0, dirs[0])  # layers/shared
+seen, report = set(), {}
+for d in dirs[1:]:
+    spec = importlib.util.spec_from_file_location(f"app_{len(report)}", d + "/app.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    new = [m for m in watched if m in sys.modules and m not in seen]
+    seen.update(new)
+    report[d.rsplit("/", 1)[-1]] = new
+print(json.dumps(report))
+"""
+
+LAMBDA_ENV = {
+    "TABLE_NAME": "ledger",
+    "POWERTOOLS_SERVICE_NAME": "llmcredits",
+    "POWERTOOLS_METRICS_NAMESPACE": "llmcredits",
+    "POWERTOOLS_LOG_LEVEL": "INFO",
+    "POWERTOOLS_LOGGER_LOG_EVENT": "false",
+    # Powertools Tracer patches (and so imports) libraries only inside Lambda.
+    "AWS_LAMBDA_FUNCTION_NAME": "llmcredits-test",
+    "AWS_EXECUTION_ENV": "AWS_Lambda_python3.13",
+    "AWS_XRAY_CONTEXT_MISSING": "LOG_ERROR",
+    "AWS_REGION": "us-east-1",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_ACCESS_KEY_ID": "test",
+    "AWS_SECRET_ACCESS_KEY": "test",
+    "LITELLM_PROXY_URL": "http://127.0.0.1:9",
+    "PATH": "/usr/bin:/bin",
+}
+
+
+def imported(function_dirs: list[Path], watched: list[str]) -> dict[str, list[str]]:
+    payload = json.dumps([[str(ROOT / "layers" / "shared"), *map(str, function_dirs)], watched])
+    done = subprocess.run([sys.executable, "-c", CHILD, payload], env=LAMBDA_ENV, cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def function_dirs() -> list[Path]:
+    found = sorted(p.parent for p in FUNCTIONS.glob("*/app.py"))
+    assert len(found) > 10 and {p.name for p in found} >= PAYMENT_FUNCTIONS
+    return found
+
+
+def test_chat_imports_neither_stripe_nor_the_byok_envelope():
+    report = imported([FUNCTIONS / "chat_completions"], ["stripe", *BYOK_ENVELOPE])
+    assert report == {"chat_completions": []}
+
+
+def test_only_payment_functions_import_stripe():
+    others = [d for d in function_dirs() if d.name not in PAYMENT_FUNCTIONS]
+    report = imported(others, ["stripe"])
+    assert {name: new for name, new in report.items() if new} == {}
+    assert set(report) == {d.name for d in others}
+
+
+def test_no_function_but_byok_post_and_chat_could_need_the_envelope_at_import():
+    report = imported(function_dirs(), list(BYOK_ENVELOPE))
+    assert {name: new for name, new in report.items() if new} == {}
+
+
+def test_package_script_reads_the_template_like_pyyaml():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import package
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    template = ROOT / "template.yaml"
+    assert package.load_template(template) == load_yaml(template)
+    layers, functions = package.read_stack(template)
+    assert "SharedLayer" in layers
+    for function in functions.values():
+        assert function.layers[0] == "SharedLayer"
+        assert (function.code / "app.py").exists(), function
+    # Each function gets what it uses at run time from a layer it has.
+    needs = {name: {"aws-lambda-powertools", "pydantic"} for name in PAYMENT_FUNCTIONS}
+    needs |= {name: {"httpx", "cryptography"} for name in BYOK_FUNCTIONS}
+    for name in PAYMENT_FUNCTIONS:
+        needs[name] = needs[name] | {"stripe"}
+    for function in functions.values():
+        shipped = "".join(
+            layers[n].requirements.read_text() for n in function.layers
+            if layers[n].requirements.exists()
+        )
+        for dist in needs.get(function.code.name, {"aws-lambda-powertools", "pydantic"}):
+            assert f"\n{dist}" in f"\n{shipped}" or f"\n{dist}[" in f"\n{shipped}", (
+                f"{function.name} uses {dist} but none of its layers ships it")
