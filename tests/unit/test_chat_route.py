@@ -239,3 +239,12 @@ def test_sweeper_releases_a_hold_left_by_a_request_that_died(upstream):
     assert sweeper.lambda_handler({}, Context()) == {"released": 0}
     ledger.release(fresh)
     assert account("lee")["held"] == "0.000000"
+
+
+def test_missing_upstream_setting_is_a_clear_503(aws, monkeypatch):
+    monkeypatch.delenv("LITELLM_PROXY_URL", raising=False)
+    bootstrap.reset()
+    setup_user("mia")
+    status, _, body = chat("mia", {"model": BALANCED, "messages": HELLO})
+    assert status == 503 and body["error"]["code"] == "not_configured"
+    assert account("mia")["held"] == "0.000000"

@@ -51,9 +51,13 @@ def chat_service() -> ChatService:
     from llmcredits.services.byok import ByokProviderKeys
     from llmcredits.services.chat import ChatService
 
+    from llmcredits.errors import NotConfigured
+    from llmcredits.http.api import tracer
+
     base_url = os.environ.get("LITELLM_PROXY_URL")
     if not base_url:
-        raise RuntimeError("LITELLM_PROXY_URL is not configured")
+        raise NotConfigured("Chat is not configured on this deployment (LITELLM_PROXY_URL).")
+    tracer.patch(["httpx"])  # trace upstream calls; only the chat function pays the import
     upstream = LiteLLMUpstream(
         base_url,
         secret("LITELLM_MASTER_KEY"),
@@ -113,6 +117,9 @@ def usage_aggregator() -> UsageAggregator:
 @cache
 def payments_service() -> PaymentsService:
     # Imported here so only the purchase and webhook functions load stripe.
+    from llmcredits.http.api import tracer
+
+    tracer.patch(["requests"])  # stripe's HTTP client
     from llmcredits.dal.stripe_checkout import StripeCheckout
     from llmcredits.services.payments import PaymentsService, PurchaseConfig
 

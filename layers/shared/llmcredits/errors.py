@@ -102,6 +102,14 @@ class UpstreamTimeout(ApiError):
     code = "upstream_timeout"
 
 
+class NotConfigured(ApiError):
+    """A deployment setting is missing: the operator's problem, not the client's."""
+
+    status = 503
+    type = "server_error"
+    code = "not_configured"
+
+
 class ContentionTimeout(ApiError):
     """Too many concurrent writers on one account; safe to retry (nothing was written)."""
 
