@@ -48,11 +48,10 @@ def chat_service() -> ChatService:
     from llmcredits.dal.secrets import secret
     from llmcredits.dal.upstream import LiteLLMUpstream
     from llmcredits.domain.pricing import catalog
-    from llmcredits.services.byok import ByokProviderKeys
-    from llmcredits.services.chat import ChatService
-
     from llmcredits.errors import NotConfigured
     from llmcredits.http.api import tracer
+    from llmcredits.services.byok import ByokProviderKeys
+    from llmcredits.services.chat import ChatService
 
     base_url = os.environ.get("LITELLM_PROXY_URL")
     if not base_url:
