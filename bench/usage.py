@@ -72,26 +72,10 @@ def write_usage(table: str, client: Any) -> None:
 
 
 def stream_batch(table: str, client: Any, endpoint: str | None) -> list[dict[str, Any]]:
-    from llmcredits.local.server import filter_matches, lambda_stream_record
+    from tests.support import usage_stream_records
 
-    pattern = {
-        "eventName": ["INSERT"],
-        "dynamodb": {"NewImage": {"kind": {"S": ["ledger"]}, "type": {"S": ["usage"]}}},
-    }
     streams = boto3.client("dynamodbstreams", endpoint_url=endpoint)
-    arn = client.describe_table(TableName=table)["Table"]["LatestStreamArn"]
-    out: list[dict[str, Any]] = []
-    for shard in streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"]:
-        iterator = streams.get_shard_iterator(
-            StreamArn=arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
-        )["ShardIterator"]
-        while iterator:
-            resp = streams.get_records(ShardIterator=iterator, Limit=1000)
-            if not resp["Records"]:
-                break
-            out.extend(lambda_stream_record(r, arn, "us-east-1") for r in resp["Records"])
-            iterator = resp.get("NextShardIterator")
-    return [r for r in out if filter_matches(pattern, r)]
+    return usage_stream_records(client, table, streams)
 
 
 def run(endpoint: str | None) -> None:

@@ -47,3 +47,18 @@ def aws() -> Iterator[None]:
         create_table_from_template(boto3.client("dynamodb"), "llmcredits-test")
         yield
         bootstrap.reset()
+
+
+@pytest.fixture
+def upstream(aws: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
+    """The dev upstream (master key "sk-master", 1 s timeout) behind the chat handler."""
+    from llmcredits import bootstrap
+    from llmcredits.local.dev_upstream import DevUpstream
+
+    with DevUpstream(master_key="sk-master") as up:
+        monkeypatch.setenv("LITELLM_PROXY_URL", up.url)
+        monkeypatch.setenv("LITELLM_MASTER_KEY", "sk-master")
+        monkeypatch.setenv("UPSTREAM_TIMEOUT_SECONDS", "1")
+        bootstrap.reset()
+        yield up
+        bootstrap.reset()

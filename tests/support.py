@@ -116,3 +116,15 @@ def invoke(function: str, evt: dict[str, Any]) -> tuple[int, dict[str, str], Any
     body = resp.get("body")
     parsed = json.loads(body) if body else None
     return resp["statusCode"], resp.get("headers", {}), parsed
+
+
+def usage_stream_records(client: Any, table: str, streams: Any) -> list[dict[str, Any]]:
+    """The table's stream so far as Lambda records, through the aggregator's FilterCriteria
+    as template.yaml declares them (so the tests feed what Lambda would)."""
+    from llmcredits.local.server import read_stream
+    from llmcredits.local.template import Template
+
+    (mapping,) = [e for e in Template(ROOT / "template.yaml").stream_events()
+                  if e.function_id == "UsageAggregatorFunction"]
+    arn = client.describe_table(TableName=table)["Table"]["LatestStreamArn"]
+    return read_stream(streams, arn, "us-east-1", mapping.filters)

@@ -21,13 +21,12 @@ from llmcredits.cli import main as cli
 from llmcredits.dal.dynamodb_ledger import DynamoLedgerStore, to_item, user_pk
 from llmcredits.dal.dynamodb_usage import DynamoUsageStore, usage_from_stream_record
 from llmcredits.domain.ledger import EntryType
-from llmcredits.local.server import filter_matches, lambda_stream_record
 from llmcredits.openapi_doc import import_handler
 from llmcredits.services.ledger import LedgerService
 from llmcredits.services.reconcile import reconcile_all
 from llmcredits.services.usage import UsageAggregator, UsageKey, UsageTotals, usage_of_entry
 
-from tests.support import FUNCTIONS, Context
+from tests.support import FUNCTIONS, Context, usage_stream_records
 
 pytestmark = pytest.mark.dynamodb_local
 
@@ -37,11 +36,6 @@ MODELS = [
     ("together", "together_ai/meta-llama/Llama-3.3-70B-Instruct-Turbo"),
     ("groq", "groq/llama-3.1-8b-instant"),
 ]
-# The event source mapping's FilterCriteria (template.yaml, UsageAggregatorFunction).
-FILTER = {
-    "eventName": ["INSERT"],
-    "dynamodb": {"NewImage": {"kind": {"S": ["ledger"]}, "type": {"S": ["usage"]}}},
-}
 
 
 @pytest.fixture
@@ -86,19 +80,7 @@ def read_stream(client: Any, table: str, endpoint: str) -> list[dict[str, Any]]:
         "dynamodbstreams", endpoint_url=endpoint, region_name="us-east-1",
         aws_access_key_id="test", aws_secret_access_key="test",
     )
-    arn = client.describe_table(TableName=table)["Table"]["LatestStreamArn"]
-    records: list[dict[str, Any]] = []
-    for shard in streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"]:
-        iterator = streams.get_shard_iterator(
-            StreamArn=arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
-        )["ShardIterator"]
-        while iterator:
-            resp = streams.get_records(ShardIterator=iterator, Limit=1000)
-            if not resp["Records"]:
-                break
-            records.extend(lambda_stream_record(r, arn, "us-east-1") for r in resp["Records"])
-            iterator = resp.get("NextShardIterator")
-    return [r for r in records if filter_matches(FILTER, r)]
+    return usage_stream_records(client, table, streams)
 
 
 def handler() -> Any:

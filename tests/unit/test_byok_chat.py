@@ -10,7 +10,6 @@ import pytest
 from llmcredits import bootstrap
 from llmcredits.domain.pricing import catalog
 from llmcredits.errors import InvalidRequest
-from llmcredits.local.dev_upstream import DevUpstream
 
 from tests.support import event, invoke
 from tests.unit.test_byok import assert_absent
@@ -22,16 +21,12 @@ ADMIN = {"sub": "ops", "scopes": ["llmcredits/admin"]}
 
 
 @pytest.fixture
-def upstream(aws, monkeypatch):
+def upstream(upstream, monkeypatch):
+    """The shared dev upstream, plus a KMS key for BYOK."""
     key_id = boto3.client("kms").create_key(Description="byok test")["KeyMetadata"]["KeyId"]
     monkeypatch.setenv("BYOK_KMS_KEY_ID", key_id)
-    with DevUpstream(master_key="sk-master") as up:
-        monkeypatch.setenv("LITELLM_PROXY_URL", up.url)
-        monkeypatch.setenv("LITELLM_MASTER_KEY", "sk-master")
-        monkeypatch.setenv("UPSTREAM_TIMEOUT_SECONDS", "1")
-        bootstrap.reset()
-        yield up
-        bootstrap.reset()
+    bootstrap.reset()
+    return upstream
 
 
 def chat(user, body=None, headers=None):

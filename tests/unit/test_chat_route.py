@@ -10,7 +10,6 @@ from decimal import Decimal
 import pytest
 from llmcredits import bootstrap
 from llmcredits.domain.pricing import catalog
-from llmcredits.local.dev_upstream import DevUpstream
 
 from tests.support import event, invoke
 
@@ -18,17 +17,6 @@ BALANCED = "together_ai/meta-llama/Llama-3.3-70B-Instruct-Turbo"
 PRECISION = "openai/gpt-4o"
 ADMIN = {"sub": "ops", "scopes": ["llmcredits/admin"]}
 HELLO = [{"role": "user", "content": "Say hello to the metering layer, please."}]
-
-
-@pytest.fixture
-def upstream(aws, monkeypatch):
-    with DevUpstream(master_key="sk-master") as up:
-        monkeypatch.setenv("LITELLM_PROXY_URL", up.url)
-        monkeypatch.setenv("LITELLM_MASTER_KEY", "sk-master")
-        monkeypatch.setenv("UPSTREAM_TIMEOUT_SECONDS", "1")
-        bootstrap.reset()
-        yield up
-        bootstrap.reset()
 
 
 def chat(user, body, headers=None, raw=None):

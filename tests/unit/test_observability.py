@@ -9,27 +9,13 @@ import logging
 from decimal import Decimal
 from typing import Any
 
-import pytest
-from llmcredits import bootstrap
 from llmcredits.http.api import logger, metrics, micro_credits
-from llmcredits.local.dev_upstream import DevUpstream
 
 from tests.support import event, invoke
 
 BALANCED = "together_ai/meta-llama/Llama-3.3-70B-Instruct-Turbo"
 HELLO = [{"role": "user", "content": "Say hello to the metering layer, please."}]
 ADMIN = {"sub": "ops", "scopes": ["llmcredits/admin"]}
-
-
-@pytest.fixture
-def upstream(aws, monkeypatch):
-    with DevUpstream(master_key="sk-master") as up:
-        monkeypatch.setenv("LITELLM_PROXY_URL", up.url)
-        monkeypatch.setenv("LITELLM_MASTER_KEY", "sk-master")
-        monkeypatch.setenv("UPSTREAM_TIMEOUT_SECONDS", "1")
-        bootstrap.reset()
-        yield up
-        bootstrap.reset()
 
 
 def setup_user(user: str, amount: str) -> None:

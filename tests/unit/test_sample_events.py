@@ -9,18 +9,6 @@ from tests.support import FUNCTIONS, ROOT, invoke
 NAMES = sorted(p.name for p in FUNCTIONS.iterdir() if (p / "app.py").is_file())
 
 
-@pytest.fixture
-def upstream(aws, monkeypatch):
-    from llmcredits import bootstrap
-    from llmcredits.local.dev_upstream import DevUpstream
-
-    with DevUpstream() as up:
-        monkeypatch.setenv("LITELLM_PROXY_URL", up.url)
-        bootstrap.reset()
-        yield up
-        bootstrap.reset()
-
-
 @pytest.mark.parametrize("name", NAMES)
 def test_sample_event_exists_and_is_served(upstream, monkeypatch, name):
     path = ROOT / "events" / f"{name}.json"

@@ -26,7 +26,6 @@ from llmcredits.dal.dynamodb_usage import (
     usage_sk,
 )
 from llmcredits.domain.ledger import EntryType, LedgerEntry
-from llmcredits.local.server import lambda_stream_record
 from llmcredits.openapi_doc import import_handler
 from llmcredits.services.reconcile import reconcile_all, reconcile_usage
 from llmcredits.services.usage import (
@@ -39,7 +38,7 @@ from llmcredits.services.usage import (
     usage_of_entry,
 )
 
-from tests.support import FUNCTIONS, ROOT, Context, event, invoke
+from tests.support import FUNCTIONS, ROOT, Context, event, invoke, usage_stream_records
 
 TABLE = "llmcredits-test"
 MODELS = [
@@ -77,27 +76,8 @@ def failed_seqs(response: dict[str, Any]) -> list[str]:
 
 
 def stream_records() -> list[dict[str, Any]]:
-    """Every record of the table's stream so far, in Lambda's event shape, filtered the
-    way the event source mapping's FilterCriteria does (usage ledger inserts)."""
-    streams = boto3.client("dynamodbstreams")
-    arn = client().describe_table(TableName=TABLE)["Table"]["LatestStreamArn"]
-    out: list[dict[str, Any]] = []
-    for shard in streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"]:
-        iterator = streams.get_shard_iterator(
-            StreamArn=arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
-        )["ShardIterator"]
-        while iterator:
-            resp = streams.get_records(ShardIterator=iterator, Limit=1000)
-            if not resp["Records"]:
-                break
-            out.extend(lambda_stream_record(r, arn, "us-east-1") for r in resp["Records"])
-            iterator = resp.get("NextShardIterator")
-    return [
-        r for r in out
-        if r["eventName"] == "INSERT"
-        and r["dynamodb"]["NewImage"].get("kind") == {"S": "ledger"}
-        and r["dynamodb"]["NewImage"].get("type") == {"S": "usage"}
-    ]
+    """Every usage insert of the table's stream so far, as the aggregator receives them."""
+    return usage_stream_records(client(), TABLE, boto3.client("dynamodbstreams"))
 
 
 def spend(user: str, n: int, *, start: int = 0) -> None:

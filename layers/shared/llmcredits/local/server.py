@@ -28,7 +28,7 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
@@ -659,6 +659,31 @@ def lambda_stream_record(
     if "userIdentity" in record:
         out["userIdentity"] = record["userIdentity"]
     return out
+
+
+def read_stream(
+    streams_client: Any,
+    stream_arn: str,
+    region_name: str,
+    patterns: Sequence[Mapping[str, Any]] = (),
+) -> list[dict[str, Any]]:
+    """Every record of a table's stream so far, in Lambda's event shape, kept when it
+    matches any of ``patterns`` (an event source mapping's FilterCriteria; none = all).
+    For tests and benchmarks that feed a stream function by hand."""
+    records: list[dict[str, Any]] = []
+    shards = streams_client.describe_stream(StreamArn=stream_arn)["StreamDescription"]["Shards"]
+    for shard in shards:
+        iterator = streams_client.get_shard_iterator(
+            StreamArn=stream_arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
+        )["ShardIterator"]
+        while iterator:
+            resp = streams_client.get_records(ShardIterator=iterator, Limit=1000)
+            if not resp["Records"]:
+                break
+            records.extend(lambda_stream_record(r, stream_arn, region_name)
+                           for r in resp["Records"])
+            iterator = resp.get("NextShardIterator")
+    return [r for r in records if not patterns or any(filter_matches(p, r) for p in patterns)]
 
 
 class _Worker(threading.Thread):
