@@ -16,6 +16,7 @@ from llmcredits.dal.aws import dynamodb_client, table_name
 from llmcredits.dal.dynamodb_ledger import DynamoLedgerStore
 from llmcredits.http.api import logger, metrics, tracer
 from llmcredits.services.reconcile import reconcile_all
+from llmcredits.units import Seconds
 
 
 @logger.inject_lambda_context
@@ -26,7 +27,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         DynamoLedgerStore(dynamodb_client(), table_name()),
         usage_store(),
         grace_seconds=int(os.environ.get("RECONCILE_GRACE_SECONDS", "300")),
-        recheck=lambda: time.sleep(float(os.environ.get("RECONCILE_RECHECK_SECONDS", "1"))),
+        recheck=lambda: time.sleep(Seconds(os.environ.get("RECONCILE_RECHECK_SECONDS", "1"))),
     )
     for found in report.discrepancies:
         logger.error("invariant violated", extra={"user_id": found.user_id, "what": found.what,

@@ -39,6 +39,7 @@ from botocore.exceptions import ClientError
 from cryptography.fernet import Fernet, InvalidToken
 
 from llmcredits.dal.aws import region
+from llmcredits.units import Seconds
 
 CACHE_TTL_SECONDS = 300.0
 CACHE_MAX_ENTRIES = 1024
@@ -115,15 +116,15 @@ class DataKeyCache:
 
     def __init__(
         self,
-        ttl_seconds: float = CACHE_TTL_SECONDS,
+        ttl_seconds: Seconds = CACHE_TTL_SECONDS,
         max_entries: int = CACHE_MAX_ENTRIES,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], Seconds] = time.monotonic,
     ) -> None:
         self._ttl = ttl_seconds
         self._max = max_entries
         self._clock = clock
         self._lock = threading.Lock()
-        self._entries: OrderedDict[tuple[bytes, str, str], tuple[float, Fernet]] = OrderedDict()
+        self._entries: OrderedDict[tuple[bytes, str, str], tuple[Seconds, Fernet]] = OrderedDict()
 
     def get(self, key: tuple[bytes, str, str]) -> Fernet | None:
         with self._lock:

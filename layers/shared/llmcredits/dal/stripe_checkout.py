@@ -30,6 +30,7 @@ from llmcredits.services.payments import (
     CheckoutUnavailable,
     InvalidWebhook,
 )
+from llmcredits.units import Seconds
 
 log = logging.getLogger("llmcredits.stripe")
 
@@ -84,7 +85,7 @@ class StripeCheckout:
         api_key: Callable[[], str | None],
         webhook_secret: Callable[[], str | None],
         api_base: str | None = None,
-        timeout_seconds: float = HTTP_TIMEOUT_SECONDS,
+        timeout_seconds: Seconds = HTTP_TIMEOUT_SECONDS,
     ) -> None:
         self._api_key = api_key
         self._webhook_secret = webhook_secret

@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from llmcredits.local.template import LOCAL_JWT_AUDIENCE, LOCAL_JWT_ISSUER
+from llmcredits.units import Seconds
 
 ADMIN_SCOPE = "llmcredits/admin"
 #: Repository root: three levels above the llmcredits package directory.
@@ -204,7 +205,7 @@ class JwtAuthority:
         return self.sign(claims)
 
     # -- verifying -------------------------------------------------------------
-    def verify(self, token: str | None, now: float | None = None) -> dict[str, Any]:
+    def verify(self, token: str | None, now: Seconds | None = None) -> dict[str, Any]:
         """Claims of a valid token; raises :class:`AuthError` (401) otherwise."""
         if token is None or not token.strip():
             raise AuthError(401, "invalid_token", "Missing bearer token")
@@ -238,12 +239,12 @@ class JwtAuthority:
         self._check_claims(claims, time.time() if now is None else now)
         return claims
 
-    def _check_claims(self, claims: Mapping[str, Any], now: float) -> None:
-        def number(name: str) -> float | None:
+    def _check_claims(self, claims: Mapping[str, Any], now: Seconds) -> None:
+        def number(name: str) -> Seconds | None:
             value = claims.get(name)
             if value is None:
                 return None
-            if isinstance(value, bool) or not isinstance(value, int | float):
+            if isinstance(value, bool) or not isinstance(value, int | Seconds):
                 raise AuthError(401, "invalid_token", f"Invalid '{name}' claim")
             return value
 

@@ -62,6 +62,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, parse_qsl, urlsplit
 
+from llmcredits.units import Seconds
+
 DEV_HEADER = "X-Dev-Stripe"
 API_VERSION = "2025-10-29.clover"
 MAX_BODY_BYTES = 1024 * 1024
@@ -230,7 +232,7 @@ class RecordedRequest:
     headers: dict[str, str]  # lower-case names
     form: dict[str, str]
     query: dict[str, str] = field(default_factory=dict)
-    received_at: float = field(default_factory=time.time)
+    received_at: Seconds = field(default_factory=time.time)
 
     @property
     def idempotency_key(self) -> str | None:
@@ -261,7 +263,7 @@ class Delivery:
     status: int | None
     body: str
     error: str | None = None
-    delivered_at: float = field(default_factory=time.time)
+    delivered_at: Seconds = field(default_factory=time.time)
 
     @property
     def ok(self) -> bool:

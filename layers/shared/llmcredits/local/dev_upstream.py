@@ -55,6 +55,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from itertools import pairwise
 from typing import Any
 
+from llmcredits.units import Seconds
+
 DEV_HEADER = "X-Dev-Upstream"
 FAULT_HEADER = "X-Dev-Upstream-Fault"
 DELAY_HEADER = "X-Dev-Upstream-Delay"
@@ -144,7 +146,7 @@ class RecordedRequest:
     headers: dict[str, str]  # lower-case names
     body: Any  # parsed JSON, or None
     api_key: str | None = None  # the body's "api_key" (LiteLLM client-side key)
-    received_at: float = field(default_factory=time.time)
+    received_at: Seconds = field(default_factory=time.time)
 
 
 class _ApiError(Exception):
@@ -165,7 +167,7 @@ class DevUpstream:
         *,
         host: str = "127.0.0.1",
         port: int = 0,
-        timeout_delay: float = 30.0,
+        timeout_delay: Seconds = 30.0,
     ) -> None:
         self.master_key = master_key
         self.host = host
@@ -173,7 +175,7 @@ class DevUpstream:
         self.timeout_delay = timeout_delay
         self._lock = threading.Lock()
         self._requests: list[RecordedRequest] = []
-        self._faults: deque[tuple[str, float | None]] = deque()
+        self._faults: deque[tuple[str, Seconds | None]] = deque()
         self._stopping = threading.Event()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -233,7 +235,7 @@ class DevUpstream:
             self._requests.clear()
             self._faults.clear()
 
-    def inject(self, fault: str, *, times: int = 1, delay: float | None = None) -> None:
+    def inject(self, fault: str, *, times: int = 1, delay: Seconds | None = None) -> None:
         """Make the next ``times`` chat requests fail with ``fault`` (see module doc)."""
         if not _valid_fault(fault):
             raise ValueError(f"unknown fault {fault!r}")
@@ -246,11 +248,11 @@ class DevUpstream:
         with self._lock:
             self._requests.append(request)
 
-    def _next_fault(self) -> tuple[str, float | None] | None:
+    def _next_fault(self) -> tuple[str, Seconds | None] | None:
         with self._lock:
             return self._faults.popleft() if self._faults else None
 
-    def _sleep(self, seconds: float) -> None:
+    def _sleep(self, seconds: Seconds) -> None:
         self._stopping.wait(max(0.0, seconds))
 
 
@@ -476,12 +478,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _fault(
         self, headers: dict[str, str], messages: list[Any]
-    ) -> tuple[str | None, float | None]:
+    ) -> tuple[str | None, Seconds | None]:
         delay_raw = headers.get(DELAY_HEADER.lower())
-        delay: float | None = None
+        delay: Seconds | None = None
         if delay_raw is not None:
             try:
-                delay = float(delay_raw)  # seconds to sleep; not money
+                delay = Seconds(delay_raw)  # seconds to sleep; not money
             except ValueError as exc:
                 raise _ApiError(
                     400,

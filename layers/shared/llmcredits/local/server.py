@@ -57,6 +57,7 @@ from llmcredits.local.template import (
     Unresolvable,
     rate_seconds,
 )
+from llmcredits.units import Seconds
 
 log = logging.getLogger("llmcredits.local")
 
@@ -329,7 +330,7 @@ def build_http_event(
     domain_name: str,
     protocol: str = "HTTP/1.1",
     auth: Any = None,
-    now: float | None = None,
+    now: Seconds | None = None,
 ) -> dict[str, Any]:
     """The API Gateway HTTP API payload format 2.0 event."""
     now = time.time() if now is None else now
@@ -586,7 +587,7 @@ def _match_value(cond: Any, value: Any) -> bool:
         return value is None
     if isinstance(cond, bool):
         return value is cond
-    if isinstance(cond, int | Decimal | float):
+    if isinstance(cond, int | Decimal | Seconds):
         a, b = _to_decimal(cond), _to_decimal(value)
         return a is not None and b is not None and a == b
     return isinstance(value, str) and value == cond
@@ -703,7 +704,7 @@ class _Shard:
     closed: bool = False
     pending: list[dict[str, Any]] = field(default_factory=list)
     failures: int = 0
-    retry_at: float = 0.0
+    retry_at: Seconds = 0.0
 
 
 class StreamWorker(_Worker):
@@ -715,7 +716,7 @@ class StreamWorker(_Worker):
         event: StreamEvent,
         stream_arn: str,
         endpoint: str | None,
-        poll_interval: float = 0.1,
+        poll_interval: Seconds = 0.1,
     ) -> None:
         super().__init__(f"stream-{event.function_id}-{event.event_name}")
         self.stack = stack
@@ -896,7 +897,7 @@ class StreamWorker(_Worker):
             return
         shard.retry_at = time.monotonic() + min(0.05 * (2 ** (shard.failures - 1)), 2.0)
 
-    def wait_idle(self, timeout: float) -> bool:
+    def wait_idle(self, timeout: Seconds) -> bool:
         """Wait until a full poll cycle, started after this call, found nothing to do."""
         deadline = time.monotonic() + timeout
         with self.cond:
@@ -927,7 +928,7 @@ def scheduled_event(rule_name: str, region_name: str) -> dict[str, Any]:
 class ScheduleWorker(_Worker):
     """Invokes a function every rate(...) period (scaled), as EventBridge would."""
 
-    def __init__(self, stack: LocalStack, event: ScheduleEvent, period: float) -> None:
+    def __init__(self, stack: LocalStack, event: ScheduleEvent, period: Seconds) -> None:
         super().__init__(f"schedule-{event.function_id}-{event.event_name}")
         self.stack = stack
         self.event = event
@@ -1000,8 +1001,8 @@ class LocalStack:
         port: int | None = None,
         env_overrides: Mapping[str, str] | None = None,
         workers: bool = True,
-        schedule_scale: float | None = None,
-        stream_poll_interval: float = 0.1,
+        schedule_scale: Seconds | None = None,
+        stream_poll_interval: Seconds = 0.1,
         authority: JwtAuthority | None = None,
         stack_name: str = "llmcredits-local",
         dev_upstream: bool = True,
@@ -1248,7 +1249,7 @@ class LocalStack:
             self.workers.append(worker)
         scale = self.schedule_scale
         if scale is None:
-            scale = float(os.environ.get(SCHEDULE_SCALE_ENV) or 1)
+            scale = Seconds(os.environ.get(SCHEDULE_SCALE_ENV) or 1)
         for sev in self.template.schedule_events():
             if not sev.enabled:
                 continue
@@ -1275,7 +1276,7 @@ class LocalStack:
     def schedule_workers(self) -> list[ScheduleWorker]:
         return [w for w in self.workers if isinstance(w, ScheduleWorker)]
 
-    def drain_streams(self, timeout: float = 10.0) -> bool:
+    def drain_streams(self, timeout: Seconds = 10.0) -> bool:
         """Wait until every stream worker has delivered all records written so far."""
         deadline = time.monotonic() + timeout
         return all(

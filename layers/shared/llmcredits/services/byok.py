@@ -28,6 +28,7 @@ from llmcredits.domain.byok import (
 )
 from llmcredits.domain.ledger import timestamp
 from llmcredits.errors import ApiError, InvalidRequest, NotFound
+from llmcredits.units import Seconds
 
 if TYPE_CHECKING:
     from llmcredits.dal.kms_envelope import Envelope
@@ -79,8 +80,8 @@ VERIFY_SPECS: dict[str, VerifySpec] = {
 class HttpKeyVerifier:
     """Asks the provider whether it accepts the key (GET its models endpoint)."""
 
-    def __init__(self, timeout_seconds: float | None = None, client: Any = None) -> None:
-        self._timeout = timeout_seconds or float(
+    def __init__(self, timeout_seconds: Seconds | None = None, client: Any = None) -> None:
+        self._timeout = timeout_seconds or Seconds(
             os.environ.get("BYOK_VERIFY_TIMEOUT_SECONDS") or VERIFY_TIMEOUT_SECONDS
         )
         self._client = client
