@@ -8,6 +8,8 @@ from decimal import Decimal
 from functools import cache
 from typing import TYPE_CHECKING
 
+import boto3
+
 from llmcredits.dal.aws import dynamodb_client, table_name
 from llmcredits.dal.dynamodb_ledger import DynamoLedgerStore
 from llmcredits.services.ledger import LedgerService
@@ -40,6 +42,9 @@ def reset() -> None:
         envelope_module.kms_client.cache_clear()
     usage_store.cache_clear()
     dynamodb_client.cache_clear()
+    # boto3's default session caches the credentials it resolved first; a changed
+    # environment (another DynamoDB Local namespace, say) must be read again.
+    boto3.DEFAULT_SESSION = None
 
 
 @cache
