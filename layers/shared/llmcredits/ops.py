@@ -441,6 +441,7 @@ class Operator:
         items with kind = "ledger"; each user's entries oldest first)."""
         from llmcredits.dal.dynamodb_ledger import (
             LEDGER_PREFIX,
+            all_items,
             entry_from_item,
             to_item,
             user_pk,
@@ -460,7 +461,7 @@ class Operator:
                 "ScanIndexForward": True,
                 "ConsistentRead": True,
             }
-            operation = self.client.query
+            operation = "query"
         else:
             conditions = ["#kind = :ledger"]
             values: dict[str, Any] = {":ledger": "ledger"}
@@ -476,17 +477,12 @@ class Operator:
                 "ExpressionAttributeNames": {"#kind": "kind"},
                 "ExpressionAttributeValues": to_item(values),
             }
-            operation = self.client.scan
-        while True:
-            resp = operation(**kwargs)
-            for item in resp.get("Items", []):
-                entry = entry_from_item(item)
-                # BETWEEN is inclusive; "until" is the first instant not exported.
-                if until is None or entry.created_at < until:
-                    yield entry
-            if "LastEvaluatedKey" not in resp:
-                return
-            kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+            operation = "scan"
+        for item in all_items(self.client, operation, **kwargs):
+            entry = entry_from_item(item)
+            # BETWEEN is inclusive; "until" is the first instant not exported.
+            if until is None or entry.created_at < until:
+                yield entry
 
 
 def _signed(amount: Decimal) -> str:

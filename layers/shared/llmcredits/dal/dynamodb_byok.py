@@ -21,7 +21,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from llmcredits.dal.dynamodb_ledger import ACCOUNT_SK, from_item, to_item, user_pk
+from llmcredits.dal.dynamodb_ledger import ACCOUNT_SK, all_items, from_item, to_item, user_pk
 from llmcredits.domain.byok import account_flag
 
 BYOK_PREFIX = "BYOK#"
@@ -112,21 +112,15 @@ class DynamoByokStore:
         return _from_item(item, user_id, provider) if item else None
 
     def list(self, user_id: str) -> list[StoredKey]:
-        found: list[StoredKey] = []
-        kwargs: dict[str, Any] = {
-            "TableName": self._table,
-            "KeyConditionExpression": "PK = :pk AND begins_with(SK, :prefix)",
-            "ExpressionAttributeValues": to_item({":pk": user_pk(user_id), ":prefix": BYOK_PREFIX}),
-            "ConsistentRead": True,
-        }
-        while True:
-            resp = self._client.query(**kwargs)
-            for item in resp.get("Items", []):
-                provider = item["SK"]["S"][len(BYOK_PREFIX):]
-                found.append(_from_item(item, user_id, provider))
-            if not resp.get("LastEvaluatedKey"):
-                return found
-            kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+        items = all_items(
+            self._client,
+            "query",
+            TableName=self._table,
+            KeyConditionExpression="PK = :pk AND begins_with(SK, :prefix)",
+            ExpressionAttributeValues=to_item({":pk": user_pk(user_id), ":prefix": BYOK_PREFIX}),
+            ConsistentRead=True,
+        )
+        return [_from_item(item, user_id, item["SK"]["S"][len(BYOK_PREFIX):]) for item in items]
 
     def put(self, key: StoredKey) -> None:
         """Store (or replace) an enabled key and flag the account, in one transaction.
@@ -212,21 +206,17 @@ class DynamoByokStore:
 
     def scan_all(self) -> Iterator[StoredKey]:
         """Every stored key in the table (operators' rotation), page by page."""
-        kwargs: dict[str, Any] = {
-            "TableName": self._table,
-            "FilterExpression": "#kind = :kind",
-            "ExpressionAttributeNames": {"#kind": "kind"},
-            "ExpressionAttributeValues": to_item({":kind": KIND}),
-        }
-        while True:
-            resp = self._client.scan(**kwargs)
-            for item in resp.get("Items", []):
-                where = _location(item)
-                if where is not None:
-                    yield _from_item(item, *where)
-            if not resp.get("LastEvaluatedKey"):
-                return
-            kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+        for item in all_items(
+            self._client,
+            "scan",
+            TableName=self._table,
+            FilterExpression="#kind = :kind",
+            ExpressionAttributeNames={"#kind": "kind"},
+            ExpressionAttributeValues=to_item({":kind": KIND}),
+        ):
+            where = _location(item)
+            if where is not None:
+                yield _from_item(item, *where)
 
     def replace_ciphertext(self, key: StoredKey, token: str, encrypted_data_key: bytes,
                            kms_key_id: str, now: str) -> bool:

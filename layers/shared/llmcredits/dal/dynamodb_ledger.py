@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -61,6 +61,12 @@ def ledger_sk(entry: LedgerEntry) -> str:
 
 def idempotency_sk(claim: IdempotencyClaim) -> str:
     return f"{IDEMPOTENCY_PREFIX}{claim.scope}#{claim.key}"
+
+
+def all_items(client: Any, operation: str, **kwargs: Any) -> Iterator[dict[str, Any]]:
+    """Every item of a ``query`` or ``scan``, across pages (boto3's own paginator)."""
+    for page in client.get_paginator(operation).paginate(**kwargs):
+        yield from page.get("Items", [])
 
 
 def to_item(values: dict[str, Any]) -> dict[str, Any]:
@@ -512,38 +518,29 @@ class DynamoLedgerStore:
 
     def holds_created_before(self, cutoff: str) -> list[Hold]:
         """Open holds older than ``cutoff``, from every shard of the HoldsByAge index."""
-        found: list[Hold] = []
-        for shard in range(HOLD_SHARDS):
-            kwargs: dict[str, Any] = {
-                "TableName": self._table,
-                "IndexName": HOLDS_INDEX,
-                "KeyConditionExpression": "hold_shard = :s AND hold_created_at < :cutoff",
-                "ExpressionAttributeValues": to_item(
-                    {":s": f"HOLDS#{shard}", ":cutoff": cutoff}
-                ),
-            }
-            while True:
-                resp = self._client.query(**kwargs)
-                found.extend(hold_from_item(item) for item in resp.get("Items", []))
-                if "LastEvaluatedKey" not in resp:
-                    break
-                kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
-        return found
+        return [
+            hold_from_item(item)
+            for shard in range(HOLD_SHARDS)
+            for item in all_items(
+                self._client,
+                "query",
+                TableName=self._table,
+                IndexName=HOLDS_INDEX,
+                KeyConditionExpression="hold_shard = :s AND hold_created_at < :cutoff",
+                ExpressionAttributeValues=to_item({":s": f"HOLDS#{shard}", ":cutoff": cutoff}),
+            )
+        ]
 
     def sum_open_holds(self, user_id: str) -> Decimal:
-        total = Decimal(0)
-        kwargs: dict[str, Any] = {
-            "TableName": self._table,
-            "KeyConditionExpression": "PK = :pk AND begins_with(SK, :prefix)",
-            "ExpressionAttributeValues": to_item({":pk": user_pk(user_id), ":prefix": HOLD_PREFIX}),
-            "ConsistentRead": True,
-        }
-        while True:
-            resp = self._client.query(**kwargs)
-            total += sum((from_item(i)["amount"] for i in resp.get("Items", [])), Decimal(0))
-            if "LastEvaluatedKey" not in resp:
-                return total
-            kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+        items = all_items(
+            self._client,
+            "query",
+            TableName=self._table,
+            KeyConditionExpression="PK = :pk AND begins_with(SK, :prefix)",
+            ExpressionAttributeValues=to_item({":pk": user_pk(user_id), ":prefix": HOLD_PREFIX}),
+            ConsistentRead=True,
+        )
+        return sum((from_item(item)["amount"] for item in items), Decimal(0))
 
     # -- history ----------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ from botocore.exceptions import ClientError
 from llmcredits.dal.dynamodb_ledger import (
     ACCOUNT_SK,
     LEDGER_PREFIX,
+    all_items,
     entry_from_item,
     from_item,
     to_item,
@@ -280,20 +281,16 @@ class DynamoUsageStore:
 
     def account_ids(self) -> Iterator[str]:
         """Every account's user id (a paged Scan: an operator's tool, not a request path)."""
-        kwargs: dict[str, Any] = {
-            "TableName": self._table,
-            "FilterExpression": "SK = :account",
-            "ProjectionExpression": "user_id",
-            "ExpressionAttributeValues": to_item({":account": ACCOUNT_SK}),
-        }
-        while True:
-            resp = self._client.scan(**kwargs)
-            for item in resp.get("Items", []):
-                if "user_id" in item:
-                    yield item["user_id"]["S"]
-            if "LastEvaluatedKey" not in resp:
-                return
-            kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+        for item in all_items(
+            self._client,
+            "scan",
+            TableName=self._table,
+            FilterExpression="SK = :account",
+            ProjectionExpression="user_id",
+            ExpressionAttributeValues=to_item({":account": ACCOUNT_SK}),
+        ):
+            if "user_id" in item:
+                yield item["user_id"]["S"]
 
     def _query(
         self,
@@ -315,10 +312,4 @@ class DynamoUsageStore:
             kwargs["FilterExpression"] = filter_expression
         if names:
             kwargs["ExpressionAttributeNames"] = names
-        while True:
-            resp = self._client.query(**kwargs)
-            for item in resp.get("Items", []):
-                yield convert(item)
-            if "LastEvaluatedKey" not in resp:
-                return
-            kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+        yield from (convert(item) for item in all_items(self._client, "query", **kwargs))
