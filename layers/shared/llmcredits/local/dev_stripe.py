@@ -58,10 +58,11 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, parse_qsl, urlsplit
 
+from llmcredits.local.dev_server import StandIn, StandInServer
 from llmcredits.units import Seconds
 
 DEV_HEADER = "X-Dev-Stripe"
@@ -314,7 +315,7 @@ class _Payment:
     refunded: int = 0
 
 
-class DevStripe:
+class DevStripe(StandIn):
     """Stripe's Checkout API, a pay page and signed webhooks on 127.0.0.1 (dev stand-in).
 
     ``api_key``: the secret key requests must carry (None: any ``sk_...`` key).
@@ -334,8 +335,7 @@ class DevStripe:
         self.webhook_url = webhook_url
         self.webhook_secret = webhook_secret
         self.api_key = api_key
-        self.host = host
-        self.port = port
+        super().__init__(host, port)
         #: (status, Stripe error body) to answer every API request with (an outage).
         self.fail_with: tuple[int, dict[str, Any]] | None = None
         self._lock = threading.Lock()
@@ -346,48 +346,10 @@ class DevStripe:
         self._deliveries: list[Delivery] = []
         # (api key, idempotency key) -> (form, response body)
         self._idempotent: dict[tuple[str, str], tuple[dict[str, str], dict[str, Any]]] = {}
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
 
     # ---- lifecycle
 
-    def start(self) -> DevStripe:
-        if self._server is not None:
-            return self
-        server = _Server((self.host, self.port), _Handler)
-        server.stripe = self
-        self.port = server.server_address[1]
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name=f"dev-stripe:{self.port}",
-            daemon=True,
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            server.shutdown()
-            server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def __enter__(self) -> DevStripe:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        """Base URL (STRIPE_API_BASE), e.g. ``http://127.0.0.1:41234``."""
-        if self._server is None:
-            raise RuntimeError("DevStripe is not started")
-        return f"http://{self.host}:{self.port}"
+    name = "dev-stripe"
 
     def pay_url(self, session_id: str) -> str:
         return f"{self.url}/pay/{session_id}"
@@ -635,19 +597,13 @@ def _success_location(session: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- HTTP
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    stripe: DevStripe
-
-
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     # Headers and body go out in separate writes: without TCP_NODELAY, Nagle plus the
     # client's delayed ACK adds ~40 ms to every keep-alive response.
     disable_nagle_algorithm = True
     server_version = "llmcredits-dev-stripe"
-    server: _Server
+    server: StandInServer
 
     def log_message(self, format: str, *args: Any) -> None:
         """Silent: requests carry the secret key; tests read DevStripe.requests instead."""
@@ -659,7 +615,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._dispatch("POST")
 
     def _dispatch(self, method: str) -> None:
-        stripe = self.server.stripe
+        stripe = self.server.owner
         parts = urlsplit(self.path)
         path = parts.path.rstrip("/") or "/"
         query = dict(parse_qsl(parts.query, keep_blank_values=True))
@@ -745,6 +701,8 @@ def main(argv: list[str] | None = None) -> int:
         stripe.stop()
     return 0
 
+
+DevStripe.handler = _Handler
 
 if __name__ == "__main__":
     raise SystemExit(main())

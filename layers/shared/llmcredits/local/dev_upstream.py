@@ -51,10 +51,11 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from itertools import pairwise
-from typing import Any
+from typing import Any, Self
 
+from llmcredits.local.dev_server import StandIn, StandInServer
 from llmcredits.units import Seconds
 
 DEV_HEADER = "X-Dev-Upstream"
@@ -158,7 +159,7 @@ class _ApiError(Exception):
         self.body = {"error": {"message": message, "type": type_, "code": code, "param": param}}
 
 
-class DevUpstream:
+class DevUpstream(StandIn):
     """A deterministic OpenAI-compatible server on 127.0.0.1 (development stand-in)."""
 
     def __init__(
@@ -169,58 +170,25 @@ class DevUpstream:
         port: int = 0,
         timeout_delay: Seconds = 30.0,
     ) -> None:
+        super().__init__(host, port)
         self.master_key = master_key
-        self.host = host
-        self.port = port
         self.timeout_delay = timeout_delay
         self._lock = threading.Lock()
         self._requests: list[RecordedRequest] = []
         self._faults: deque[tuple[str, Seconds | None]] = deque()
         self._stopping = threading.Event()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
     # ---- lifecycle
 
-    def start(self) -> DevUpstream:
-        if self._server is not None:
-            return self
+    name = "dev-upstream"
+
+    def start(self) -> Self:
         self._stopping.clear()
-        server = _Server((self.host, self.port), _Handler)
-        server.upstream = self
-        self.port = server.server_address[1]
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name=f"dev-upstream:{self.port}",
-            daemon=True,
-        )
-        self._thread.start()
-        return self
+        return super().start()
 
     def stop(self) -> None:
         self._stopping.set()  # wakes requests sleeping for a "timeout" fault
-        server, self._server = self._server, None
-        if server is not None:
-            server.shutdown()
-            server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def __enter__(self) -> DevUpstream:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        """Base URL, e.g. ``http://127.0.0.1:41234`` (also serves the ``/v1`` paths)."""
-        if self._server is None:
-            raise RuntimeError("DevUpstream is not started")
-        return f"http://{self.host}:{self.port}"
+        super().stop()
 
     # ---- test helpers
 
@@ -272,19 +240,13 @@ def _check_fault(fault: str) -> None:
     )
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    upstream: DevUpstream
-
-
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     # Headers and body go out in separate writes: without TCP_NODELAY, Nagle plus the
     # client's delayed ACK adds ~40 ms to every keep-alive response.
     disable_nagle_algorithm = True
     server_version = "llmcredits-dev-upstream"
-    server: _Server
+    server: StandInServer
 
     def log_message(self, format: str, *args: Any) -> None:
         """Silent: requests may carry keys; tests read DevUpstream.requests instead."""
@@ -298,7 +260,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._dispatch("POST")
 
     def _dispatch(self, method: str) -> None:
-        up = self.server.upstream
+        up = self.server.owner
         path = self.path.split("?", 1)[0].rstrip("/")
         headers = {k.lower(): v for k, v in self.headers.items()}
         try:
@@ -371,7 +333,7 @@ class _Handler(BaseHTTPRequestHandler):
         return self.rfile.read(length) if length > 0 else b""
 
     def _authorize(self, headers: dict[str, str]) -> None:
-        key = self.server.upstream.master_key
+        key = self.server.owner.master_key
         if not key:
             return
         auth = headers.get("authorization", "")
@@ -389,7 +351,7 @@ class _Handler(BaseHTTPRequestHandler):
     # ---- chat
 
     def _chat(self, body: dict[str, Any], headers: dict[str, str]) -> None:
-        up = self.server.upstream
+        up = self.server.owner
         model = body.get("model")
         messages = body.get("messages")
         if not isinstance(model, str) or not model:
@@ -493,7 +455,7 @@ class _Handler(BaseHTTPRequestHandler):
                 ) from exc
         fault = headers.get(FAULT_HEADER.lower())
         if fault is None:
-            queued = self.server.upstream._next_fault()
+            queued = self.server.owner._next_fault()
             if queued is not None:
                 fault, queued_delay = queued
                 delay = queued_delay if delay is None else delay
@@ -605,6 +567,8 @@ def main(argv: list[str] | None = None) -> None:
         except KeyboardInterrupt:
             pass
 
+
+DevUpstream.handler = _Handler
 
 if __name__ == "__main__":
     main()
