@@ -13,6 +13,28 @@ class StandInServer(ThreadingHTTPServer):
     owner: Any  # the stand-in serving this server's requests
 
 
+class StandInHandler(BaseHTTPRequestHandler):
+    """Keep-alive HTTP/1.1, silent (requests may carry keys), GET/POST to ``_dispatch``."""
+
+    protocol_version = "HTTP/1.1"
+    # Headers and body go out in separate writes: without TCP_NODELAY, Nagle plus the
+    # client's delayed ACK adds ~40 ms to every keep-alive response.
+    disable_nagle_algorithm = True
+    server: StandInServer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Silent: tests read the stand-in's recorded requests instead."""
+
+    def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def do_POST(self) -> None:
+        self._dispatch("POST")
+
+    def _dispatch(self, method: str) -> None:
+        raise NotImplementedError
+
+
 class StandIn:
     """Start/stop, context manager and ``url`` for a stand-in served by ``handler``."""
 

@@ -58,11 +58,10 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, parse_qsl, urlsplit
 
-from llmcredits.local.dev_server import StandIn, StandInServer
+from llmcredits.local.dev_server import StandIn, StandInHandler
 from llmcredits.units import Seconds
 
 DEV_HEADER = "X-Dev-Stripe"
@@ -597,22 +596,8 @@ def _success_location(session: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- HTTP
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    # Headers and body go out in separate writes: without TCP_NODELAY, Nagle plus the
-    # client's delayed ACK adds ~40 ms to every keep-alive response.
-    disable_nagle_algorithm = True
+class _Handler(StandInHandler):
     server_version = "llmcredits-dev-stripe"
-    server: StandInServer
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Silent: requests carry the secret key; tests read DevStripe.requests instead."""
-
-    def do_GET(self) -> None:
-        self._dispatch("GET")
-
-    def do_POST(self) -> None:
-        self._dispatch("POST")
 
     def _dispatch(self, method: str) -> None:
         stripe = self.server.owner

@@ -51,11 +51,10 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
-from http.server import BaseHTTPRequestHandler
 from itertools import pairwise
 from typing import Any, Self
 
-from llmcredits.local.dev_server import StandIn, StandInServer
+from llmcredits.local.dev_server import StandIn, StandInHandler
 from llmcredits.units import Seconds
 
 DEV_HEADER = "X-Dev-Upstream"
@@ -240,24 +239,8 @@ def _check_fault(fault: str) -> None:
     )
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    # Headers and body go out in separate writes: without TCP_NODELAY, Nagle plus the
-    # client's delayed ACK adds ~40 ms to every keep-alive response.
-    disable_nagle_algorithm = True
+class _Handler(StandInHandler):
     server_version = "llmcredits-dev-upstream"
-    server: StandInServer
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Silent: requests may carry keys; tests read DevUpstream.requests instead."""
-
-    # ---- routing
-
-    def do_GET(self) -> None:
-        self._dispatch("GET")
-
-    def do_POST(self) -> None:
-        self._dispatch("POST")
 
     def _dispatch(self, method: str) -> None:
         up = self.server.owner
