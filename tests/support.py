@@ -56,6 +56,8 @@ def event(
     path_params: dict[str, str] | None = None,
     sub: str | None = "user-1",
     scopes: list[str] | None = None,
+    kind: str = "jwt",
+    key_id: str | None = None,
 ) -> dict[str, Any]:
     hdrs = {k.lower(): v for k, v in (headers or {}).items()}
     if body is not None or raw_body is not None:
@@ -91,11 +93,24 @@ def event(
             "stage": "$default",
             "time": "27/Nov/2026:08:00:00 +0000",
             "timeEpoch": 1795766400000,
-            "authorizer": {"jwt": {"claims": claims, "scopes": scopes}} if claims else None,
+            "authorizer": _authorizer(claims, scopes, kind, key_id),
         },
         "body": raw_body if raw_body is not None else (None if body is None else json.dumps(body)),
         "isBase64Encoded": False,
     }
+
+
+def _authorizer(
+    claims: dict[str, Any] | None, scopes: list[str] | None, kind: str, key_id: str | None
+) -> dict[str, Any] | None:
+    """What the authorizer hands the function: JWT claims, or (for an API key) the
+    Lambda authorizer's context."""
+    if not claims:
+        return None
+    if kind == "api_key":
+        return {"lambda": {"user_id": claims["sub"], "kind": kind, "key_id": key_id or "",
+                           "scopes": " ".join(scopes or [])}}
+    return {"jwt": {"claims": claims, "scopes": scopes}}
 
 
 class Context:

@@ -2,8 +2,8 @@
 
 from aws_lambda_powertools.event_handler import Response
 from llmcredits.bootstrap import byok_service
-from llmcredits.http.api import API_PREFIX, caller, entry_point, make_app
-from llmcredits.http.openapi_responses import errors, no_content
+from llmcredits.http.api import API_PREFIX, entry_point, make_app, require_jwt
+from llmcredits.http.openapi_responses import JWT_ONLY, errors, no_content
 
 app = make_app()
 
@@ -14,10 +14,10 @@ app = make_app()
     tags=["byok"],
     description="Only the caller's own key for `provider` is ever affected.",
     responses={**no_content("Deleted"),
-               **errors(400, 401, (404, "You have no stored key for this provider"))},
+               **errors(400, 401, JWT_ONLY, (404, "You have no stored key for this provider"))},
 )
 def delete_byok_key(provider: str) -> Response[None]:
-    byok_service().delete(caller(app).user_id, provider)
+    byok_service().delete(require_jwt(app).user_id, provider)
     return Response(status_code=204, body=None)
 
 

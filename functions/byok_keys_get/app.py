@@ -1,8 +1,8 @@
 """GET /byok/keys: the caller's stored keys, masked."""
 
 from llmcredits.bootstrap import byok_service
-from llmcredits.http.api import API_PREFIX, caller, entry_point, make_app
-from llmcredits.http.openapi_responses import errors, ok
+from llmcredits.http.api import API_PREFIX, entry_point, make_app, require_jwt
+from llmcredits.http.openapi_responses import JWT_ONLY, errors, ok
 from llmcredits.models_byok import ByokKeyList, ByokKeyOut
 from llmcredits.services.byok import key_view
 
@@ -14,10 +14,10 @@ app = make_app()
     summary="Your stored provider keys (masked)",
     tags=["byok"],
     description="Only the caller's keys; the plaintext is never shown again.",
-    responses={**ok("Your keys, masked"), **errors(401)},
+    responses={**ok("Your keys, masked"), **errors(401, JWT_ONLY)},
 )
 def get_byok_keys() -> ByokKeyList:
-    keys = byok_service().keys(caller(app).user_id)
+    keys = byok_service().keys(require_jwt(app).user_id)
     return ByokKeyList(keys=[ByokKeyOut(**key_view(k)) for k in keys])
 
 

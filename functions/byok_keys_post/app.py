@@ -5,8 +5,8 @@ from typing import Annotated
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.openapi.params import Query
 from llmcredits.bootstrap import byok_service
-from llmcredits.http.api import API_PREFIX, caller, entry_point, json_response, make_app
-from llmcredits.http.openapi_responses import created, errors
+from llmcredits.http.api import API_PREFIX, entry_point, json_response, make_app, require_jwt
+from llmcredits.http.openapi_responses import JWT_ONLY, created, errors
 from llmcredits.models_byok import ByokKeyCreate, ByokKeyOut
 from llmcredits.services.byok import key_view
 
@@ -23,7 +23,7 @@ app = make_app()
         "The response shows the masked key only."
     ),
     responses={**created("Stored (masked)", ByokKeyOut),
-               **errors((400, "Invalid input, an unsupported provider, or (with "
+               **errors(JWT_ONLY, (400, "Invalid input, an unsupported provider, or (with "
                               "`?verify=true`) a key the provider refused"), 401, 413, 503)},
 )
 def post_byok_key(
@@ -31,7 +31,7 @@ def post_byok_key(
     verify: Annotated[bool, Query(description="Check the key with the provider first")] = False,
 ) -> Response[ByokKeyOut]:
     record = byok_service().store_key(
-        caller(app).user_id, body.provider, body.api_key.get_secret_value(), verify=verify
+        require_jwt(app).user_id, body.provider, body.api_key.get_secret_value(), verify=verify
     )
     return json_response(201, key_view(record))
 

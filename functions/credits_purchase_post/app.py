@@ -5,8 +5,8 @@ from typing import Annotated
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.openapi.params import Header
 from llmcredits.bootstrap import payments_service
-from llmcredits.http.api import API_PREFIX, caller, entry_point, json_response, make_app
-from llmcredits.http.openapi_responses import REPLAY_HEADERS, created, errors
+from llmcredits.http.api import API_PREFIX, entry_point, json_response, make_app, require_jwt
+from llmcredits.http.openapi_responses import JWT_ONLY, REPLAY_HEADERS, created, errors
 from llmcredits.models_payments import PurchaseRequest, PurchaseResponse
 
 app = make_app()
@@ -21,7 +21,7 @@ app = make_app()
     responses={
         **created("Checkout Session created (or the first result of this Idempotency-Key)",
                   PurchaseResponse, REPLAY_HEADERS),
-        **errors((400, "Invalid input: an amount outside the allowed bounds or with more "
+        **errors(JWT_ONLY, (400, "Invalid input: an amount outside the allowed bounds or with more "
                        "than 2 places, or a URL not on the allow-list"),
                  401, 409, 413,
                  (502, "Stripe refused or could not be reached; nothing was charged"), 503),
@@ -33,7 +33,7 @@ def purchase(
                                                   max_length=255)] = None,
 ) -> Response[PurchaseResponse]:
     started = payments_service().start_purchase(
-        caller(app).user_id,
+        require_jwt(app).user_id,
         body.amount,
         body.success_url,
         body.cancel_url,

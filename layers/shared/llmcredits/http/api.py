@@ -180,36 +180,71 @@ def make_app() -> APIGatewayHttpResolver:
     return app
 
 
+#: What the Lambda authorizer puts in its context (DESIGN section 2): the credential kind.
+KIND_JWT = "jwt"
+KIND_API_KEY = "api_key"
+
+
 @dataclass(frozen=True)
 class Caller:
+    """Who is calling: a login token (``kind`` "jwt") or one of our API keys ("api_key")."""
+
     user_id: str
     scopes: frozenset[str]
+    kind: str = KIND_JWT
+    key_id: str | None = None
 
     @property
     def is_admin(self) -> bool:
-        return ADMIN_SCOPE in self.scopes
+        return self.kind == KIND_JWT and ADMIN_SCOPE in self.scopes
+
+
+def _split_scopes(value: Any) -> set[str]:
+    if isinstance(value, str):
+        return set(value.strip("[]").replace(",", " ").split())
+    if isinstance(value, list):
+        return {str(v) for v in value}
+    return set()
 
 
 def caller(app: APIGatewayHttpResolver) -> Caller:
-    """The authenticated caller, from the claims API Gateway's JWT authorizer verified."""
+    """The authenticated caller, from what the authorizer verified: a Lambda authorizer's
+    context (user_id, kind, key_id, scopes) or, failing that, JWT claims."""
     authorizer = app.current_event.request_context.authorizer
+    context = (authorizer.get_lambda if authorizer else None) or {}
+    if context.get("user_id"):
+        kind = str(context.get("kind") or KIND_JWT)
+        if kind not in (KIND_JWT, KIND_API_KEY):
+            raise Unauthorized("Unknown credential kind.")
+        return Caller(
+            user_id=str(context["user_id"]),
+            scopes=frozenset(_split_scopes(context.get("scopes") or "")),
+            kind=kind,
+            key_id=str(context["key_id"]) if context.get("key_id") else None,
+        )
     claims = authorizer.jwt_claim if authorizer else {}
     sub = claims.get("sub")
     if not sub:
         raise Unauthorized("A bearer token with a subject is required.")
     scopes: set[str] = set((authorizer.jwt_scopes if authorizer else None) or [])
     for claim in ("scope", "scp"):
-        value = claims.get(claim)
-        if isinstance(value, str):
-            scopes.update(value.strip("[]").replace(",", " ").split())
-        elif isinstance(value, list):
-            scopes.update(str(v) for v in value)
+        scopes.update(_split_scopes(claims.get(claim)))
     return Caller(user_id=str(sub), scopes=frozenset(scopes))
+
+
+def require_jwt(app: APIGatewayHttpResolver) -> Caller:
+    """Routes that only a login token may use (keys, BYOK, purchases, caps, alerts, admin):
+    the authorizer's policy already denies them to API keys; this is defence in depth."""
+    who = caller(app)
+    if who.kind != KIND_JWT:
+        raise Forbidden("This route needs a login token (JWT); API keys may not call it.",
+                        code="jwt_required")
+    return who
 
 
 def admin(app: APIGatewayHttpResolver) -> Caller:
     """Admin routes are scope-checked by API Gateway too; this is defence in depth."""
-    who = caller(app)
+    who = require_jwt(app)
     if not who.is_admin:
         raise Forbidden(f"This route needs the {ADMIN_SCOPE} scope.", code="not_admin")
     return who

@@ -251,6 +251,8 @@ def chat_completion_ok() -> dict[int, OpenAPIResponse]:
 
 #: Statuses API Gateway may answer itself (``{"message"}``) on every route.
 GATEWAY_STATUSES = frozenset({401, 413})
+#: The 403 of a route that only login tokens may call (``require_jwt``).
+JWT_ONLY = (403, "API keys may not call this route (`jwt_required`)")
 
 ERROR_DESCRIPTIONS: dict[int, str] = {
     400: "Invalid input: a malformed body, parameter or header (`invalid_request_error`)",
