@@ -12,7 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "layers" / "shared"))
 
-pytest_plugins = ["tests.dynamodb_local_fixture"]
+pytest_plugins = ["tests.dynamodb_local_fixture", "tests.iam_audit"]
 
 # Never let a test reach real AWS, whatever the developer's shell has.
 os.environ.update(
