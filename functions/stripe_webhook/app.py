@@ -5,8 +5,9 @@ what we want for our own failures (and for a refund that overtook its purchase).
 """
 
 from aws_lambda_powertools.event_handler import Response
+from aws_lambda_powertools.metrics import MetricUnit
 from llmcredits.bootstrap import payments_service
-from llmcredits.http.api import API_PREFIX, entry_point, header, json_response, make_app
+from llmcredits.http.api import API_PREFIX, entry_point, header, json_response, make_app, metrics
 from llmcredits.http.openapi_responses import (
     STRIPE_EVENT_BODY,
     STRIPE_SIGNATURE_PARAMETER,
@@ -14,6 +15,7 @@ from llmcredits.http.openapi_responses import (
     ok,
 )
 from llmcredits.models_payments import WebhookResponse
+from llmcredits.services.payments import IGNORED_METRICS
 
 app = make_app()
 
@@ -45,6 +47,9 @@ def stripe_webhook() -> Response[WebhookResponse]:
     # decoded_body undoes API Gateway's base64 for non-text content types.
     payload = app.current_event.decoded_body or ""
     outcome = payments_service().handle_webhook(payload, header(app, "Stripe-Signature"))
+    metric = IGNORED_METRICS.get(outcome.outcome)
+    if metric:  # a payment that is not ours: acknowledged, counted (and alarmed)
+        metrics.add_metric(name=metric, unit=MetricUnit.Count, value=1)
     return json_response(200, outcome.body())
 
 

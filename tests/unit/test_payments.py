@@ -87,6 +87,16 @@ def record(key, owner):
 
 
 def paid_session(user="alice", cents=2500, **kw):
+    """A session POST /credits/purchase opened for ``user``, as Stripe reports it paid."""
+    amount = f"{cents // 100}.{cents % 100:02d}"
+    status, _, body = purchase({"amount": amount, **OK_URLS}, sub=user)
+    assert status == 201, body
+    return checkout_session(user_id=user, amount_cents=cents, session_id=body["session_id"],
+                            **kw)
+
+
+def foreign_session(user="alice", cents=2500, **kw):
+    """A paid session this service never opened (a Payment Link, another integration)."""
     return checkout_session(user_id=user, amount_cents=cents, **kw)
 
 
@@ -412,7 +422,7 @@ def test_a_tampered_body_is_400(stripe):
 
 
 def test_one_of_several_signatures_may_match_as_during_secret_rotation(stripe):
-    evt = event("checkout.session.completed", paid_session(cents=300))
+    evt = event("checkout.session.completed", paid_session(cents=800))
     body = payload(evt)
     old = sign(body, "whsec_old_rotated_out")
     new = sign(body, WHSEC)
@@ -580,8 +590,220 @@ def test_refund_then_dispute_of_the_rest(stripe):
                                             amount_refunded=1000)))
     deliver(event("charge.dispute.created", dispute(payment_intent=pi, amount=1500)))
     assert balance("alice") == "0.000000"
-    pay = record(f"payment-intent:{pi}", None)
-    assert (pay["refunded_cents"], pay["disputed_cents"]) == (1000, 1500)
+    state = payment_state(pi)
+    assert (state.refunded_cents, state.disputed_cents, state.clawed_back_cents) == (
+        1000, 1500, 2500)
+
+
+def payment_state(pi):
+    from llmcredits import bootstrap
+
+    return bootstrap.payments_service().payment_state(pi)
+
+
+def dispute_event(type_, dp, status):
+    return event(type_, {**dp, "status": status})
+
+
+# -- refunds plus disputes never claw back more than the charge (invariant 3) -----------------
+
+
+def test_a_purchase_refunded_then_disputed_claws_back_the_charge_once(stripe):
+    pi = bought(cents=2500)["payment_intent"]
+    refund = event("charge.refunded", charge(payment_intent=pi, amount=2500,
+                                             amount_refunded=2500))
+    dp = dispute(payment_intent=pi, amount=2500)
+    assert deliver(refund)[2]["outcome"] == "refunded"
+    status, _, body = deliver(event("charge.dispute.created", dp))
+    assert status == 200 and body["outcome"] == "covered"  # already clawed back
+    for evt in (refund, event("charge.dispute.created", dp),
+                dispute_event("charge.dispute.funds_withdrawn", dp, "needs_response")):
+        deliver(evt)  # redeliveries and the funds_withdrawn that follows a dispute
+    assert balance("alice") == "0.000000"  # not -25
+    assert [e["type"] for e in history("alice")] == ["refund", "purchase"]
+    assert payment_state(pi).clawed_back_cents == 2500
+
+
+def test_a_purchase_disputed_then_refunded_claws_back_the_charge_once(stripe):
+    pi = bought(cents=2500)["payment_intent"]
+    assert deliver(event("charge.dispute.created",
+                         dispute(payment_intent=pi, amount=2500)))[2]["outcome"] == "disputed"
+    refund = event("charge.refunded", charge(payment_intent=pi, amount=2500,
+                                             amount_refunded=2500))
+    assert deliver(refund)[2]["outcome"] == "covered"
+    assert balance("alice") == "0.000000"
+    assert [e["type"] for e in history("alice")] == ["chargeback", "purchase"]
+
+
+def test_partial_refunds_and_a_dispute_add_up_to_at_most_the_charge(stripe):
+    pi = bought(cents=2500)["payment_intent"]
+    ch = charge(payment_intent=pi, amount=2500, amount_refunded=0)
+    deliver(event("charge.refunded", {**ch, "amount_refunded": 500}))
+    deliver(event("charge.refunded", {**ch, "amount_refunded": 1000}))
+    assert balance("alice") == "15.000000"
+    dp = dispute(payment_intent=pi, amount=2500)  # disputes the full charge anyway
+    _, _, body = deliver(event("charge.dispute.created", dp))
+    assert body["outcome"] == "disputed"
+    assert balance("alice") == "0.000000"
+    [chargeback] = [e for e in history("alice") if e["type"] == "chargeback"]
+    assert chargeback["amount"] == "-15.000000"
+    assert chargeback["metadata"]["clawed_back_total"] == "25.000000"
+    # The dispute is won: only what the dispute took comes back (the refunds stay out).
+    _, _, body = deliver(dispute_event("charge.dispute.closed", dp, "won"))
+    assert body["outcome"] == "reinstated"
+    assert balance("alice") == "15.000000"
+
+
+def test_a_won_dispute_gives_the_chargeback_back_once_however_events_arrive(stripe):
+    pi = bought(cents=2500)["payment_intent"]
+    dp = dispute(payment_intent=pi, amount=2500)
+    deliver(event("charge.dispute.created", dp))
+    assert balance("alice") == "0.000000"
+    reinstated = dispute_event("charge.dispute.funds_reinstated", dp, "won")
+    won = dispute_event("charge.dispute.closed", dp, "won")
+    outcomes = [deliver(e)[2]["outcome"] for e in
+                (reinstated, won, reinstated, won, event("charge.dispute.created", dp))]
+    assert outcomes == ["reinstated", "duplicate", "duplicate", "duplicate", "duplicate"]
+    assert balance("alice") == "25.000000"
+    entries = history("alice")
+    assert [e["type"] for e in entries] == ["reinstatement", "chargeback", "purchase"]
+    assert entries[0]["amount"] == "25.000000" and entries[0]["balance_after"] == "25.000000"
+    assert entries[0]["metadata"]["dispute"] == dp["id"]
+
+
+def test_a_dispute_won_before_its_creation_is_seen_never_claws_back(stripe):
+    pi = bought(cents=2500)["payment_intent"]
+    dp = dispute(payment_intent=pi, amount=2500)
+    assert deliver(dispute_event("charge.dispute.closed", dp, "won"))[2]["outcome"] == "covered"
+    assert deliver(event("charge.dispute.created", dp))[2]["outcome"] == "duplicate"
+    assert balance("alice") == "25.000000"
+    assert [e["type"] for e in history("alice")] == ["purchase"]
+
+
+def test_a_lost_dispute_keeps_the_chargeback(stripe):
+    pi = bought(cents=2500)["payment_intent"]
+    dp = dispute(payment_intent=pi, amount=2500)
+    deliver(event("charge.dispute.created", dp))
+    assert deliver(dispute_event("charge.dispute.closed", dp, "lost"))[2]["outcome"] == "covered"
+    assert deliver(dispute_event("charge.dispute.closed", dp, "lost"))[2]["outcome"] == \
+        "duplicate"
+    assert balance("alice") == "0.000000"
+
+
+def test_an_inquiry_withdraws_nothing_until_it_becomes_a_chargeback(stripe):
+    pi = bought(cents=2500)["payment_intent"]
+    dp = dispute(payment_intent=pi, amount=2500)
+    inquiry = dispute_event("charge.dispute.created", dp, "warning_needs_response")
+    assert deliver(inquiry)[2]["outcome"] == "covered"
+    assert balance("alice") == "25.000000"
+    withdrawn = dispute_event("charge.dispute.funds_withdrawn", dp, "needs_response")
+    assert deliver(withdrawn)[2]["outcome"] == "disputed"
+    assert balance("alice") == "0.000000"
+
+
+def test_a_dispute_won_after_a_full_refund_gives_nothing_back(stripe):
+    pi = bought(cents=2500)["payment_intent"]
+    dp = dispute(payment_intent=pi, amount=2500)
+    deliver(event("charge.dispute.created", dp))
+    deliver(event("charge.refunded", charge(payment_intent=pi, amount=2500,
+                                            amount_refunded=2500)))
+    assert deliver(dispute_event("charge.dispute.closed", dp, "won"))[2]["outcome"] == "covered"
+    assert balance("alice") == "0.000000"  # the refund's money is gone either way
+
+
+# -- only payments this service started are credited -----------------------------------------
+
+
+def capture_metrics(monkeypatch, capsys, deliver_it):
+    """Deliver with metrics enabled; the metric names of the invocation's EMF document."""
+    from llmcredits.http.api import metrics
+
+    capsys.readouterr()
+    metrics.clear_metrics()
+    monkeypatch.delenv("POWERTOOLS_METRICS_DISABLED", raising=False)
+    try:
+        result = deliver_it()
+    finally:
+        monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "true")
+    names = set()
+    for line in capsys.readouterr().out.splitlines():
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(doc, dict) and "_aws" in doc:
+            for directive in doc["_aws"]["CloudWatchMetrics"]:
+                names.update(m["Name"] for m in directive["Metrics"])
+    return result, names
+
+
+def test_a_payment_link_session_naming_a_user_is_acknowledged_and_not_credited(
+    stripe, monkeypatch, capsys
+):
+    session = foreign_session(user="alice", cents=2500, metadata={})  # client_reference_id
+    evt = event("checkout.session.completed", session)
+    (status, _, body), names = capture_metrics(monkeypatch, capsys, lambda: deliver(evt))
+    assert status == 200 and body["outcome"] == "unknown_payment_ignored"
+    assert "UnknownPaymentIgnored" in names
+    assert balance("alice") == "0.000000" and history("alice") == []
+    assert record(f"checkout-session:{session['id']}", "alice") is None
+    assert record(f"purchase:{session['id']}", "alice") is None
+
+
+@pytest.mark.parametrize("event_type", ["checkout.session.completed",
+                                        "checkout.session.async_payment_succeeded"])
+def test_a_session_with_our_metadata_but_no_purchase_record_is_not_credited(stripe, event_type):
+    session = foreign_session(user="alice", cents=2500)  # forged llmcredits metadata
+    _, _, body = deliver(event(event_type, session))
+    assert body["outcome"] == "unknown_payment_ignored"
+    assert balance("alice") == "0.000000"
+
+
+def test_an_unknown_unpaid_session_leaves_no_purchase_record_to_credit_later(stripe):
+    session = foreign_session(user="alice", cents=2500, payment_status="unpaid")
+    assert deliver(event("checkout.session.completed", session))[2]["outcome"] == \
+        "unknown_payment_ignored"
+    assert record(f"purchase:{session['id']}", "alice") is None
+    paid = {**session, "payment_status": "paid"}
+    assert deliver(event("checkout.session.async_payment_succeeded", paid))[2]["outcome"] == \
+        "unknown_payment_ignored"
+    assert balance("alice") == "0.000000"
+
+
+def test_a_session_whose_amount_or_user_differs_from_the_purchase_is_not_credited(stripe):
+    ours = paid_session(user="alice", cents=2500)
+    more = {**ours, "amount_total": 50000, "amount_subtotal": 50000}
+    assert deliver(event("checkout.session.completed", more))[2]["outcome"] == \
+        "unknown_payment_ignored"
+    other_user = {**ours, "metadata": {"llmcredits_user_id": "mallory"},
+                  "client_reference_id": "mallory"}
+    assert deliver(event("checkout.session.completed", other_user))[2]["outcome"] == \
+        "unknown_payment_ignored"
+    assert balance("alice") == "0.000000" and balance("mallory") == "0.000000"
+    assert deliver(event("checkout.session.completed", ours))[2]["outcome"] == "credited"
+    assert balance("alice") == "25.000000"
+
+
+# -- refunds and disputes of charges we never credited ----------------------------------------
+
+
+@pytest.mark.parametrize("make", [
+    lambda pi: event("charge.refunded", charge(payment_intent=pi, amount=2500,
+                                               amount_refunded=2500)),
+    lambda pi: event("charge.dispute.created", dispute(payment_intent=pi, amount=2500)),
+])
+def test_an_unknown_charge_is_retried_for_an_hour_then_acknowledged(
+    stripe, monkeypatch, capsys, make
+):
+    evt = make("pi_test_not_ours")
+    status, _, body = deliver(evt)
+    assert_openai_error(status, body, 503, "retry_later")  # the purchase may be late
+    evt["created"] = int(time.time()) - 3599
+    assert deliver(evt)[0] == 503
+    evt["created"] = int(time.time()) - 3601
+    (status, _, body), names = capture_metrics(monkeypatch, capsys, lambda: deliver(evt))
+    assert status == 200 and body["outcome"] == "unknown_charge_ignored"
+    assert "UnknownChargeEventIgnored" in names
 
 
 def test_sample_events_are_servable(stripe):

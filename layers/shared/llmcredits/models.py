@@ -45,7 +45,8 @@ NonNegativeMoney = Annotated[
 MoneyOut = Annotated[str, WithJsonSchema(MONEY_SCHEMA)]
 TierName = Literal["free", "starter", "professional", "enterprise"]
 GrantType = Literal["bonus", "refund", "adjustment"]
-EntryTypeName = Literal["purchase", "usage", "refund", "bonus", "adjustment", "chargeback"]
+EntryTypeName = Literal["purchase", "usage", "refund", "bonus", "adjustment", "chargeback",
+                        "expiry", "reinstatement"]
 
 
 class Strict(BaseModel):

@@ -60,6 +60,9 @@ class WebhookResponse(BaseModel):
     event_id: str
     type: str
     outcome: str = Field(
-        description="credited, duplicate, refunded, disputed, awaiting_payment, "
-        "payment_failed or ignored"
+        description="credited, duplicate, refunded, disputed, reinstated, covered (recorded; "
+        "the charge was already clawed back or nothing to give back), awaiting_payment, "
+        "payment_failed, unknown_payment_ignored (a session this service did not start), "
+        "unknown_charge_ignored (a refund/dispute of a payment never credited, after the "
+        "retry window) or ignored"
     )

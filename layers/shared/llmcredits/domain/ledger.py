@@ -35,6 +35,8 @@ class EntryType(StrEnum):
     BONUS = "bonus"
     ADJUSTMENT = "adjustment"
     CHARGEBACK = "chargeback"
+    EXPIRY = "expiry"  # expired grant lots (DESIGN section 7)
+    REINSTATEMENT = "reinstatement"  # a clawback given back (a dispute won)
 
 
 # What an operator may grant through the admin route.

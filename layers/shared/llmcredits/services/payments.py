@@ -42,6 +42,7 @@ from typing import Any, Protocol
 from urllib.parse import SplitResult, urlsplit
 
 from llmcredits.domain.ledger import EntryType, RecordWrite, timestamp
+from llmcredits.domain.payment_charges import ChargeState, dispute_status
 from llmcredits.domain.ports import RecordConflict
 from llmcredits.errors import ApiError, ContentionTimeout, IdempotencyConflict, InvalidRequest
 from llmcredits.money import format_money
@@ -55,6 +56,19 @@ DEFAULT_MIN_USD = Decimal(5)
 DEFAULT_MAX_USD = Decimal(1000)
 DEFAULT_URL_ALLOWLIST = "http://localhost,http://127.0.0.1"
 MAX_ATTEMPTS = 50
+# A refund or dispute of a payment we do not know is retried (503) this long after the
+# event's creation, for a purchase whose own event is late; then acknowledged (200).
+UNKNOWN_CHARGE_RETRY_SECONDS = 3600
+DISPUTE_EVENTS = frozenset({
+    "charge.dispute.created", "charge.dispute.funds_withdrawn", "charge.dispute.closed",
+    "charge.dispute.funds_reinstated",
+})
+# Outcomes that mean "not ours": acknowledged, logged, and counted in a metric of the
+# same name (the webhook handler publishes it; UnknownChargeEventIgnored has an alarm).
+UNKNOWN_PAYMENT_IGNORED = "unknown_payment_ignored"
+UNKNOWN_CHARGE_IGNORED = "unknown_charge_ignored"
+IGNORED_METRICS = {UNKNOWN_PAYMENT_IGNORED: "UnknownPaymentIgnored",
+                   UNKNOWN_CHARGE_IGNORED: "UnknownChargeEventIgnored"}
 
 # Checkout Session metadata keys (also on the PaymentIntent, for operators in Stripe).
 META_USER = "llmcredits_user_id"
@@ -77,8 +91,8 @@ def payment_intent_key(payment_intent: str) -> str:
     return f"payment-intent:{payment_intent}"
 
 
-def dispute_key(dispute_id: str) -> str:
-    return f"stripe-dispute:{dispute_id}"
+def charge_state_key(payment_intent: str, version: int) -> str:
+    return f"charge-state:{payment_intent}:{version}"
 
 
 NEGATIVE_BALANCE_KEY = "negative-balance"
@@ -367,14 +381,19 @@ class PaymentsService:
         if not isinstance(event_id, str) or not event_id or not isinstance(event_type, str) \
                 or not isinstance(obj, dict):
             raise InvalidRequest("The payload is not a Stripe event.", code="invalid_event")
-        handler = {
+        session_handler = {
             "checkout.session.completed": self._session_completed,
             "checkout.session.async_payment_succeeded": self._session_paid,
             "checkout.session.async_payment_failed": self._session_failed,
-            "charge.refunded": self._charge_refunded,
-            "charge.dispute.created": self._dispute_created,
         }.get(event_type)
-        outcome = "ignored" if handler is None else handler(event_id, obj)
+        if session_handler is not None:
+            outcome = session_handler(event_id, obj)
+        elif event_type == "charge.refunded":
+            outcome = self._charge_refunded(event, obj)
+        elif event_type in DISPUTE_EVENTS:
+            outcome = self._dispute_changed(event, obj)
+        else:
+            outcome = "ignored"
         log.info("stripe event", extra={"event_id": event_id, "event_type": event_type,
                                         "outcome": outcome})
         return WebhookOutcome(event_id, event_type, outcome)
@@ -385,6 +404,8 @@ class PaymentsService:
         purchase = _parse_session(session)
         if purchase is None:
             return "ignored"
+        if not self._started_here(purchase, event_id):
+            return UNKNOWN_PAYMENT_IGNORED
         if session.get("payment_status") != "paid":
             # An asynchronous method (bank debit...): the money is not there yet;
             # async_payment_succeeded or async_payment_failed follows.
@@ -396,6 +417,8 @@ class PaymentsService:
         purchase = _parse_session(session)
         if purchase is None:
             return "ignored"
+        if not self._started_here(purchase, event_id):
+            return UNKNOWN_PAYMENT_IGNORED
         if session.get("payment_status") != "paid":
             log.warning("async_payment_succeeded without payment_status=paid",
                         extra={"event_id": event_id, "session_id": purchase.session_id})
@@ -406,8 +429,28 @@ class PaymentsService:
         purchase = _parse_session(session)
         if purchase is None:
             return "ignored"
+        if not self._started_here(purchase, event_id):
+            return UNKNOWN_PAYMENT_IGNORED
         self._mark_purchase(purchase, "failed", event_id)
         return "payment_failed"
+
+    def _started_here(self, purchase: _Purchase, event_id: str) -> bool:
+        """Only sessions POST /credits/purchase opened are credited: the purchase record it
+        wrote (in the partition of the user the session names) must exist with the same
+        amount and currency. A Payment Link or another integration on the same Stripe
+        account can name any user in ``client_reference_id``; such a session is not ours."""
+        record = self._ledger.get_record(purchase_key(purchase.session_id), purchase.user_id)
+        known = (
+            record is not None
+            and record.get("session_id") == purchase.session_id
+            and int(record.get("amount_cents", -1)) == purchase.amount_cents
+            and str(record.get("currency", "")).lower() == CURRENCY
+        )
+        if not known:
+            log.error("paid checkout session this service did not start; not credited",
+                      extra={"event_id": event_id, "session_id": purchase.session_id,
+                             "purchase_record": record is not None})
+        return known
 
     def _credit(self, event_id: str, purchase: _Purchase) -> str:
         now = timestamp(self._clock())
@@ -427,13 +470,10 @@ class PaymentsService:
             records.append(
                 RecordWrite(
                     payment_intent_key(purchase.payment_intent),
-                    {
+                    {  # state 0 of the charge (see payment_state)
                         "user_id": purchase.user_id,
                         "checkout_session": purchase.session_id,
                         "amount_cents": purchase.amount_cents,
-                        "refunded_cents": 0,
-                        "disputed_cents": 0,
-                        "version": 0,
                         "stripe_event": event_id,
                         "credited_at": now,
                     },
@@ -497,54 +537,44 @@ class PaymentsService:
 
     # -- refunds and disputes ------------------------------------------------------------
 
-    def _charge_refunded(self, event_id: str, charge: dict[str, Any]) -> str:
+    def payment_state(self, payment_intent: str) -> ChargeState | None:
+        """The latest stored state of a credited payment, or None if we never credited it.
+
+        States are a chain of records ``charge-state:<pi>:<n>`` (n = 1, 2, ...) after the
+        ``payment-intent:<pi>`` record the credit wrote (state 0). Each next state is
+        written only if it does not exist yet: a compare-and-swap, so two concurrent events
+        cannot both build on state n (the loser re-reads and re-plans). A money-moving
+        state is written in the same transaction as its ledger entry."""
+        record = self._ledger.get_record(payment_intent_key(payment_intent), None)
+        if record is None:
+            return None
+        state = ChargeState.from_record({**record, "version": 0}, payment_intent)
+        while True:
+            following = self._ledger.get_record(
+                charge_state_key(payment_intent, state.version + 1), None)
+            if following is None:
+                return state
+            state = ChargeState.from_record(following, payment_intent)
+
+    def _charge_refunded(self, event: dict[str, Any], charge: dict[str, Any]) -> str:
         payment_intent = _id_of(charge.get("payment_intent"))
-        charge_id = _id_of(charge.get("id")) or ""
         refunded = _cents(charge, "amount_refunded")
         if not payment_intent or refunded is None:
             return "ignored"  # not a Checkout payment of ours
         if str(charge.get("currency", CURRENCY)).lower() != CURRENCY:
-            log.error("refund in an unexpected currency", extra={"event_id": event_id})
+            log.error("refund in an unexpected currency", extra={"event_id": event["id"]})
             return "ignored"
-        for _ in range(MAX_ATTEMPTS):
-            record = self._payment(payment_intent, event_id)
-            before = int(record["refunded_cents"])
-            new = refunded - before
-            if new <= 0:
-                return "duplicate"  # this refund total (or a later one) was applied
-            try:
-                result = self._ledger.clawback(
-                    record["user_id"],
-                    dollars(new),
-                    EntryType.REFUND,
-                    metadata={
-                        "stripe_event": event_id,
-                        "checkout_session": record["checkout_session"],
-                        "payment_intent": payment_intent,
-                        "charge": charge_id,
-                        "refunded_total": format_money(dollars(refunded)),
-                    },
-                    records=[
-                        RecordWrite(event_key(event_id),
-                                    {"applied_at": timestamp(self._clock()),
-                                     "payment_intent": payment_intent},
-                                    record["user_id"]),
-                        self._payment_update(payment_intent, record, refunded_cents=refunded),
-                    ],
-                )
-            except RecordConflict as conflict:
-                if conflict.key == event_key(event_id):
-                    return "duplicate"
-                continue  # another refund or dispute moved the payment: re-read
-            self._flag_negative(record["user_id"], result, event_id)
-            return "refunded"
-        raise ContentionTimeout("The payment is busy; retry the event.")
+        links = {"charge": _id_of(charge.get("id")) or ""}
+        return self._apply_to_charge(event, payment_intent, EntryType.REFUND, links,
+                                     lambda state: state.refunded(refunded))
 
-    def _dispute_created(self, event_id: str, dispute: dict[str, Any]) -> str:
+    def _dispute_changed(self, event: dict[str, Any], dispute: dict[str, Any]) -> str:
+        event_id = event["id"]
         dispute_id = _id_of(dispute.get("id"))
         payment_intent = _id_of(dispute.get("payment_intent"))
         amount = _cents(dispute, "amount")
-        if not dispute_id or amount is None or amount <= 0:
+        status = dispute_status(event["type"], str(dispute.get("status") or ""))
+        if not dispute_id or amount is None or amount <= 0 or status is None:
             return "ignored"
         if not payment_intent:
             # Disputes carry their payment intent; one without is not a Checkout payment.
@@ -554,66 +584,98 @@ class PaymentsService:
         if str(dispute.get("currency", CURRENCY)).lower() != CURRENCY:
             log.error("dispute in an unexpected currency", extra={"event_id": event_id})
             return "ignored"
+        links = {"charge": _id_of(dispute.get("charge")) or "", "dispute": dispute_id,
+                 "reason": str(dispute.get("reason") or ""), "dispute_status": status.value}
+        return self._apply_to_charge(event, payment_intent, EntryType.CHARGEBACK, links,
+                                     lambda state: state.dispute(dispute_id, amount, status))
+
+    def _apply_to_charge(
+        self,
+        event: dict[str, Any],
+        payment_intent: str,
+        clawback_type: EntryType,
+        links: dict[str, str],
+        change: Callable[[ChargeState], ChargeState],
+    ) -> str:
+        """Move the charge to the state the event implies and the balance by the change of
+        what should be clawed back (never more than the charge in total)."""
+        event_id = event["id"]
         for _ in range(MAX_ATTEMPTS):
-            record = self._payment(payment_intent, event_id)
-            user = record["user_id"]
-            try:
-                result = self._ledger.clawback(
-                    user,
-                    dollars(amount),
-                    EntryType.CHARGEBACK,
-                    metadata={
-                        "stripe_event": event_id,
-                        "checkout_session": record["checkout_session"],
-                        "payment_intent": payment_intent,
-                        "charge": _id_of(dispute.get("charge")) or "",
-                        "dispute": dispute_id,
-                        "reason": str(dispute.get("reason") or ""),
-                    },
-                    records=[
-                        RecordWrite(event_key(event_id),
-                                    {"applied_at": timestamp(self._clock()),
-                                     "payment_intent": payment_intent}, user),
-                        RecordWrite(dispute_key(dispute_id),
-                                    {"amount": dollars(amount), "stripe_event": event_id,
-                                     "payment_intent": payment_intent}, user),
-                        self._payment_update(
-                            payment_intent, record,
-                            disputed_cents=int(record["disputed_cents"]) + amount,
-                        ),
-                    ],
-                )
-            except RecordConflict as conflict:
-                if conflict.key in (event_key(event_id), dispute_key(dispute_id)):
-                    return "duplicate"
+            before = self.payment_state(payment_intent)
+            if before is None:
+                return self._unknown_charge(event, payment_intent)
+            after = change(before)
+            if after.same_facts(before):
+                return "duplicate"  # this event (or a later one) is applied already
+            after = after.settled()
+            delta = after.clawed_back_cents - before.clawed_back_cents
+            now = timestamp(self._clock())
+            state_record = RecordWrite(
+                charge_state_key(payment_intent, after.version),
+                {**after.to_record(), "stripe_event": event_id, "updated_at": now}, None)
+            if delta == 0:
+                # Facts changed, money did not (e.g. a dispute of a charge already refunded
+                # in full): record the state alone, still only if no one else moved it.
+                if self._ledger.put_record(state_record.key, None, state_record.values,
+                                           only_new=True):
+                    return "covered"
                 continue
-            self._flag_negative(user, result, event_id)
-            return "disputed"
+            metadata = {
+                "stripe_event": event_id,
+                "checkout_session": before.checkout_session,
+                "payment_intent": payment_intent,
+                **links,
+                "refunded_total": format_money(dollars(after.refunded_cents)),
+                "clawed_back_total": format_money(dollars(after.clawed_back_cents)),
+            }
+            records = [
+                RecordWrite(event_key(event_id),
+                            {"applied_at": now, "payment_intent": payment_intent},
+                            before.user_id),
+                state_record,
+            ]
+            try:
+                if delta > 0:
+                    result = self._ledger.clawback(before.user_id, dollars(delta), clawback_type,
+                                                   metadata=metadata, records=records)
+                else:
+                    result = self._ledger.credit(before.user_id, dollars(-delta),
+                                                 EntryType.REINSTATEMENT, metadata=metadata,
+                                                 records=records)
+            except RecordConflict as conflict:
+                if conflict.key == event_key(event_id):
+                    return "duplicate"
+                continue  # another event moved the charge: re-read
+            if delta > 0:
+                self._flag_negative(before.user_id, result, event_id)
+                return "refunded" if clawback_type is EntryType.REFUND else "disputed"
+            self._resolve_negative(before.user_id, result)
+            return "reinstated"
         raise ContentionTimeout("The payment is busy; retry the event.")
 
-    def _payment(self, payment_intent: str, event_id: str) -> dict[str, Any]:
-        record = self._ledger.get_record(payment_intent_key(payment_intent), None)
-        if record is None:
-            # Stripe does not order deliveries: a refund or dispute can arrive before the
-            # purchase's own event has been credited (e.g. its delivery failed and is
-            # being retried). Failing this one makes Stripe retry it too, after the
-            # credit has landed; a 200 now would lose the clawback. (A charge that never
-            # was an llmcredits purchase is retried until Stripe gives up: give llmcredits
-            # its own Stripe account or endpoint subscription.)
-            log.warning("refund/dispute for a payment not credited yet",
-                        extra={"event_id": event_id, "payment_intent": payment_intent})
+    def _unknown_charge(self, event: dict[str, Any], payment_intent: str) -> str:
+        """A refund or dispute of a payment we never credited.
+
+        Stripe does not order deliveries: it can arrive before the purchase's own event
+        (whose delivery failed and is being retried). Within UNKNOWN_CHARGE_RETRY_SECONDS
+        of the event's creation, a 503 makes Stripe deliver it again after the credit;
+        after that it is not ours (another integration on the Stripe account, or a credit
+        that never came): 200, so Stripe does not disable the endpoint, plus a log line
+        and the ``UnknownChargeEventIgnored`` metric, which has an alarm."""
+        created = event.get("created")
+        age = None
+        if isinstance(created, int) and not isinstance(created, bool):
+            age = self._clock().timestamp() - created
+        extra = {"event_id": event["id"], "event_type": event["type"],
+                 "payment_intent": payment_intent}
+        if age is not None and age < UNKNOWN_CHARGE_RETRY_SECONDS:
+            log.warning("refund/dispute for a payment not credited yet", extra=extra)
             raise RetryLater(
                 "The payment this event refers to has not been credited yet; retry later."
             )
-        return record
-
-    def _payment_update(
-        self, payment_intent: str, record: dict[str, Any], **changes: int
-    ) -> RecordWrite:
-        version = int(record["version"])
-        values = {**record, **changes, "version": version + 1}
-        return RecordWrite(payment_intent_key(payment_intent), values, None,
-                           expect={"version": version})
+        log.error("refund/dispute for a payment this service never credited; ignored",
+                  extra=extra)
+        return UNKNOWN_CHARGE_IGNORED
 
     # -- negative balances ---------------------------------------------------------------
 
