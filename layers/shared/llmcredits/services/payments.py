@@ -6,25 +6,32 @@ by ``llmcredits.dal.stripe_checkout``); no boto3 and no stripe import here.
 Exactly once (DESIGN invariant 3). Stripe retries for days, may deliver an event twice,
 concurrently, or out of order, and one Checkout Session may produce both
 ``checkout.session.completed`` and ``checkout.session.async_payment_succeeded``. Every
-money change carries dedupe records *in the same DynamoDB transaction as its ledger
-entry* (``RecordWrite``), so "credited" and "recorded as credited" cannot come apart:
+money change carries its records *in the same DynamoDB transaction as its ledger entry*
+(``RecordWrite``), so "credited" and "recorded as credited" cannot come apart:
 
+- ``purchase:<cs id>`` (user partition): written by POST /credits/purchase before the
+  checkout URL is returned. Only a session with this record, for the same user, amount
+  and currency, is credited; anything else (a Payment Link, another integration on the
+  same Stripe account naming some user in ``client_reference_id``) is acknowledged with
+  200, logged and counted (``unknown_payment_ignored``).
 - ``stripe-event:<evt id>`` (user partition, must not exist): one event, one change.
 - ``checkout-session:<cs id>`` (user partition, must not exist): one session, one credit.
-- ``payment-intent:<pi id>`` (global, created by the credit): payment -> user, session,
-  amount, and the refunded/disputed totals so far with a ``version`` for optimistic
-  concurrency. Refund and dispute events carry only the payment intent, so this is how
-  they find the purchase.
-- ``stripe-dispute:<dp id>`` (user partition, must not exist): one dispute, one clawback.
+- ``payment-intent:<pi id>`` (global, must not exist, written by the credit): one payment,
+  one credit, and state 0 of the charge (user, session, amount). Refund and dispute
+  events carry only the payment intent, so this is how they find the purchase.
+- ``charge-state:<pi id>:<n>`` (global, must not exist): state n of the charge
+  (``domain.payment_charges.ChargeState``: refunded total, each dispute's status, what
+  has been clawed back). Each event builds state n+1 from state n; "must not exist"
+  makes that a compare-and-swap, and a state that moves money is written with its
+  ledger entry. The clawback is derived from the state, ``min(charge, refunded +
+  disputed funds out)``, so a refund and a dispute of one charge never take more than
+  it, and a won dispute gives back (``reinstatement``) exactly what it took, once.
 
 A ``RecordConflict`` from the ledger means the change was applied already (answer 200,
-change nothing) or, for the payment-intent record, that a concurrent refund/dispute
-moved it (re-read and re-plan).
-
-Refunds: ``charge.amount_refunded`` is cumulative, so the clawback is the refunded total
-minus the total already clawed back, written with a ``version`` guard: duplicate,
-concurrent and out-of-order refund events together claw back exactly what Stripe
-refunded. Disputes claw back the disputed amount once per dispute.
+change nothing) or that a concurrent event moved the charge (re-read and re-plan).
+Refunds and disputes of a payment never credited answer 503 (Stripe retries: the
+purchase's own event may be late) for an hour after the event was created, then 200,
+logged and counted (``unknown_charge_ignored``, alarmed).
 """
 
 from __future__ import annotations
