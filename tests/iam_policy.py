@@ -235,6 +235,36 @@ def _resource_pattern(value: Any, tables: set[str]) -> str:
     return "*"
 
 
+def platform_needs(template: Mapping[str, Any]) -> dict[str, set[tuple[Need, str]]]:
+    """Permissions Lambda itself exercises with a function's role, which no test call
+    shows: polling a DynamoDB stream event source, and sending a failed batch to its
+    SQS on-failure destination."""
+    resources = template.get("Resources", {})
+    tables = {k for k, v in resources.items() if v.get("Type") == "AWS::DynamoDB::Table"}
+    out: dict[str, set[tuple[Need, str]]] = {}
+    for resource in resources.values():
+        if resource.get("Type") != "AWS::Serverless::Function":
+            continue
+        props = resource.get("Properties", {})
+        match = re.fullmatch(r"(?:\./)?functions/([^/]+)/?", str(props.get("CodeUri", "")))
+        if not match:
+            continue
+        for name, evt in (props.get("Events") or {}).items():
+            if evt.get("Type") != "DynamoDB":
+                continue
+            call = f"event source {name}"
+            stream = _resource_pattern(evt.get("Properties", {}).get("Stream"), tables)
+            needs = out.setdefault(match.group(1), set())
+            needs.update((Need(f"dynamodb:{a}", stream if stream != "*" else ""), call)
+                         for a in ("DescribeStream", "GetRecords", "GetShardIterator",
+                                   "ListStreams"))
+            destination = (evt.get("Properties", {}).get("DestinationConfig") or {}).get(
+                "OnFailure")
+            if destination:
+                needs.add((Need("sqs:SendMessage"), f"{call} on-failure destination"))
+    return out
+
+
 # -- the check -----------------------------------------------------------------------------
 
 

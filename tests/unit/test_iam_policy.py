@@ -18,6 +18,7 @@ from tests.iam_policy import (
     function_policies,
     load_template,
     needs_of_call,
+    platform_needs,
     unused_grants,
 )
 from tests.support import event, invoke
@@ -81,15 +82,30 @@ def test_the_check_fails_when_a_needed_grant_is_removed_from_the_template(aws):
 def test_a_purchase_webhook_needs_the_item_actions_of_its_transaction(aws, monkeypatch):
     from llmcredits import bootstrap
 
-    from tests.fakes.stripe_api import checkout_session, payload, sign, webhook_request
+    from tests.fakes.stripe_api import (
+        FakeStripe,
+        checkout_session,
+        payload,
+        sign,
+        webhook_request,
+    )
     from tests.fakes.stripe_api import event as stripe_event
 
     monkeypatch.setenv("STRIPE_WEBHOOK_SECRET", "whsec_iam")
-    bootstrap.reset()
-    body = payload(stripe_event("checkout.session.completed",
-                                checkout_session(user_id="carol", amount_cents=500)))
+    monkeypatch.setenv("STRIPE_SECRET_KEY", "sk_test_iam")
+    with FakeStripe() as fake:
+        monkeypatch.setenv("STRIPE_API_BASE", fake.url)
+        bootstrap.reset()
+        _, _, started = invoke("credits_purchase_post", event(
+            "POST", "/api/v1/llm/credits/purchase", sub="carol",
+            body={"amount": "5.00", "success_url": "http://localhost/ok",
+                  "cancel_url": "http://localhost/no"}))
+    session = checkout_session(user_id="carol", amount_cents=500,
+                               session_id=started["session_id"])
+    body = payload(stripe_event("checkout.session.completed", session))
     with recording() as rec:
-        invoke("stripe_webhook", webhook_request(body, sign(body, "whsec_iam")))
+        status, _, out = invoke("stripe_webhook", webhook_request(body, sign(body, "whsec_iam")))
+    assert (status, out["outcome"]) == (200, "credited")
     calls = {call for _, call in rec.calls["stripe_webhook"]}
     assert "dynamodb.TransactWriteItems" in calls
     policies = function_policies(load_template(TEMPLATE))
@@ -147,3 +163,15 @@ def test_new_functions_sam_policy_templates_and_denies_are_read_generically():
         ("brand_new", "dynamodb:Scan"), ("brand_new", "dynamodb:PutItem"),
         ("unknown_fn", "sqs:SendMessage")}
     assert "dynamodb:DescribeTable" in unused_grants(recorded, policies)["brand_new"]
+
+
+def test_what_lambda_does_with_a_stream_consumers_role_is_granted():
+    template = load_template(TEMPLATE)
+    platform = platform_needs(template)
+    assert {n.action for n, _ in platform["usage_aggregator"]} == {
+        "dynamodb:DescribeStream", "dynamodb:GetRecords", "dynamodb:GetShardIterator",
+        "dynamodb:ListStreams", "sqs:SendMessage"}
+    assert check(platform, function_policies(template)) == []
+    doc = _without(TEMPLATE.read_text(), "UsageAggregatorFunction", "dynamodb:GetRecords")
+    [finding] = check(platform, function_policies(doc))
+    assert finding.need == Need("dynamodb:GetRecords", "table/LedgerTable/stream/*")
