@@ -252,3 +252,24 @@ def test_fail_with_simulates_an_outage(dev):
     assert create(dev).status_code == 500
     dev.fail_with = None
     assert create(dev).status_code == 200
+
+
+def test_a_dispute_is_opened_and_closed_with_the_events_stripe_sends(dev, receiver):
+    session = create(dev).json()
+    assert httpx.post(f"{dev.url}/dispute/{session['id']}").status_code == 400  # unpaid
+    dev.pay(session["id"])
+    resp = httpx.post(f"{dev.url}/dispute/{session['id']}")
+    assert resp.status_code == 200, resp.text
+    dp = resp.json()["dispute"]
+    pi = dev.sessions[session["id"]]["payment_intent"]
+    assert (dp["amount"], dp["payment_intent"], dp["status"]) == (2500, pi, "needs_response")
+    resp = httpx.post(f"{dev.url}/dispute/{session['id']}/close?status=won")
+    assert resp.status_code == 200 and [w["status"] for w in resp.json()["webhooks"]] == [200,
+                                                                                         200]
+    events = [json.loads(raw) for _, raw in receiver.received[1:]]
+    assert [e["type"] for e in events] == ["charge.dispute.created", "charge.dispute.closed",
+                                           "charge.dispute.funds_reinstated"]
+    assert {e["data"]["object"]["id"] for e in events} == {dp["id"]}
+    assert [e["data"]["object"]["status"] for e in events] == ["needs_response", "won", "won"]
+    assert httpx.post(f"{dev.url}/dispute/{session['id']}/close?status=maybe").status_code == 400
+    assert httpx.post(f"{dev.url}/dispute/cs_test_nope").status_code == 404

@@ -27,6 +27,9 @@ Stand-in pages (no API key; what a buyer's browser or a developer's curl does):
   a Stripe retry would), which also retries a delivery that failed.
 * ``POST /refund/<session id>?amount=<cents>`` (default: all that is left): refunds part
   of the payment and delivers ``charge.refunded`` with the cumulative ``amount_refunded``.
+* ``POST /dispute/<session id>``: the buyer disputes the whole charge
+  (``charge.dispute.created``); ``POST /dispute/<session id>/close?status=won|lost``
+  closes it (``charge.dispute.closed``, and for ``won`` ``charge.dispute.funds_reinstated``).
 
 Webhook signing is Stripe's scheme (https://docs.stripe.com/webhooks#verify-manually):
 ``Stripe-Signature: t=<unix time>,v1=<hex HMAC-SHA256 of "<t>.<raw body>">`` keyed with
@@ -312,6 +315,7 @@ class _Payment:
     charge_id: str
     completed_event: dict[str, Any]
     refunded: int = 0
+    dispute: dict[str, Any] | None = None  # the payment's one dispute, once opened
 
 
 class DevStripe(StandIn):
@@ -449,6 +453,47 @@ class DevStripe(StandIn):
             }
             evt = copy.deepcopy(evt)
         return refund, self.deliver(evt)
+
+    def open_dispute(self, session_id: str) -> tuple[dict[str, Any], Delivery | None]:
+        """The buyer disputes the whole charge: ``charge.dispute.created`` (funds withdrawn).
+        Again: redelivers that event."""
+        with self._lock:
+            paid = self._paid(session_id)
+            if paid.dispute is None:
+                amount = int(self._sessions[session_id]["amount_total"])
+                paid.dispute = dispute(payment_intent=paid.payment_intent, amount=amount,
+                                       charge_id=paid.charge_id)
+            evt = event("charge.dispute.created", copy.deepcopy(paid.dispute))
+            self._events.append(evt)
+        return copy.deepcopy(evt["data"]["object"]), self.deliver(evt)
+
+    def close_dispute(self, session_id: str, status: str
+                      ) -> tuple[dict[str, Any], list[Delivery | None]]:
+        """Close the payment's dispute ``won`` (Stripe then also sends
+        ``charge.dispute.funds_reinstated``) or ``lost``; every event is delivered."""
+        if status not in ("won", "lost"):
+            raise _invalid("status must be won or lost.", "status")
+        with self._lock:
+            paid = self._paid(session_id)
+            if paid.dispute is None:
+                raise _invalid("This charge has no dispute.", "charge")
+            paid.dispute = {**paid.dispute, "status": status}
+            types = ["charge.dispute.closed"]
+            if status == "won":
+                types.append("charge.dispute.funds_reinstated")
+            events = [event(t, copy.deepcopy(paid.dispute)) for t in types]
+            self._events.extend(events)
+            dp = copy.deepcopy(paid.dispute)
+        return dp, [self.deliver(evt) for evt in events]
+
+    def _paid(self, session_id: str) -> _Payment:
+        if session_id not in self._sessions:
+            raise _missing("checkout.session", session_id)
+        paid = self._payments.get(session_id)
+        if paid is None:
+            raise _invalid("This PaymentIntent does not have a successful charge.",
+                           "payment_intent", "charge_not_disputable")
+        return paid
 
     def deliver(self, evt: dict[str, Any]) -> Delivery | None:
         """POST ``evt``, signed, to the webhook URL (None when there is none)."""
@@ -622,6 +667,15 @@ class _Handler(StandInHandler):
                 session, delivery = stripe.pay(path.removeprefix("/pay/"))
                 self._json(303, _page(session, delivery),
                            {"Location": _success_location(session)})
+            elif method == "POST" and path.startswith("/dispute/") and \
+                    path.endswith("/close"):
+                session_id = path.removeprefix("/dispute/").removesuffix("/close")
+                dp, deliveries = stripe.close_dispute(session_id, query.get("status", "won"))
+                self._json(200, {"dispute": dp, "webhooks": [
+                    _page(None, d)["webhook"] for d in deliveries]})
+            elif method == "POST" and path.startswith("/dispute/"):
+                dp, delivery = stripe.open_dispute(path.removeprefix("/dispute/"))
+                self._json(200, {"dispute": dp, **_page(None, delivery)})
             elif method == "POST" and path.startswith("/refund/"):
                 amount = _cents(parse_qs(parts.query).get("amount", [None])[-1])
                 refund, delivery = stripe.refund(path.removeprefix("/refund/"), amount)
