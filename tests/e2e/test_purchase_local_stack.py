@@ -118,3 +118,35 @@ def test_purchase_with_sub_cent_amount_is_400(stack: LocalStack, http: httpx.Cli
     assert resp.status_code == 400, resp.text
     assert resp.json()["error"]["param"] == "amount"
     assert len(stack.dev_stripe.requests) == sent
+
+
+def bought(stack: LocalStack, http: httpx.Client, user: str, amount: str) -> str:
+    resp = http.post("/credits/purchase", headers=bearer(stack, user),
+                     json={"amount": amount, "success_url": SUCCESS, "cancel_url": CANCEL})
+    assert resp.status_code == 201, resp.text
+    paid = httpx.get(resp.json()["checkout_url"], follow_redirects=False)
+    assert paid.json()["webhook"]["outcome"] == "credited", paid.text
+    return resp.json()["session_id"]
+
+
+def test_refund_then_dispute_of_one_purchase_takes_it_back_once(stack, http):
+    user = f"disputer-{uuid.uuid4().hex[:8]}"
+    session_id = bought(stack, http, user, "25.00")
+    refund = httpx.post(f"{stack.dev_stripe.url}/refund/{session_id}")
+    assert refund.json()["webhook"]["outcome"] == "refunded", refund.text
+    disputed = httpx.post(f"{stack.dev_stripe.url}/dispute/{session_id}")
+    assert disputed.json()["webhook"]["outcome"] == "covered", disputed.text
+    assert balance(stack, http, user) == Decimal(0)  # not -25
+
+
+def test_a_won_dispute_gives_the_purchase_back_once(stack, http):
+    user = f"winner-{uuid.uuid4().hex[:8]}"
+    session_id = bought(stack, http, user, "25.00")
+    disputed = httpx.post(f"{stack.dev_stripe.url}/dispute/{session_id}")
+    assert disputed.json()["webhook"]["outcome"] == "disputed", disputed.text
+    assert balance(stack, http, user) == Decimal(0)
+    closed = httpx.post(f"{stack.dev_stripe.url}/dispute/{session_id}/close?status=won")
+    assert [w["outcome"] for w in closed.json()["webhooks"]] == ["reinstated", "duplicate"]
+    httpx.post(f"{stack.dev_stripe.url}/dispute/{session_id}/close?status=won")  # again
+    assert balance(stack, http, user) == Decimal(25)
+    assert len(entries(stack, http, user, "reinstatement")) == 1
