@@ -22,6 +22,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_valida
 from llmcredits.errors import InvalidRequest
 
 MAX_CHOICES = 8
+MAX_STOP_SEQUENCES = 16
 INT64_MAX = 2**63 - 1
 
 #: LiteLLM's request-level controls (its SDK's ``all_litellm_params``, the proxy's
@@ -106,6 +107,17 @@ def _integer(value: Any) -> Any:
     raise ValueError("must be an integer")
 
 
+def _stop(value: Any) -> Any:
+    # One check (not a str | list union) so that an error names "stop", not "stop.str".
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        if len(value) > MAX_STOP_SEQUENCES:
+            raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences")
+        return value
+    raise ValueError("must be a string or a list of strings")
+
+
 Number = Annotated[Decimal, BeforeValidator(_number)]
 Integer = Annotated[int, BeforeValidator(_integer)]
 
@@ -147,7 +159,7 @@ class ChatCompletionRequest(BaseModel):
     frequency_penalty: Number | None = _range(-2, 2)
     presence_penalty: Number | None = _range(-2, 2)
     seed: Integer | None = Field(default=None, ge=-(2**63), le=INT64_MAX)
-    stop: str | Annotated[list[str], Field(max_length=16)] | None = None
+    stop: Annotated[str | list[str] | None, BeforeValidator(_stop)] = None
     logit_bias: dict[str, Annotated[Number, Field(ge=-100, le=100)]] | None = Field(
         default=None, max_length=1024)
     logprobs: bool | None = None
