@@ -17,7 +17,14 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    model_validator,
+)
 
 from llmcredits.errors import InvalidRequest
 
@@ -118,12 +125,24 @@ def _stop(value: Any) -> Any:
     raise ValueError("must be a string or a list of strings")
 
 
-Number = Annotated[Decimal, BeforeValidator(_number)]
-Integer = Annotated[int, BeforeValidator(_integer)]
+def _number_schema(low: int, high: int) -> WithJsonSchema:
+    # Documented as the plain JSON number it is (pydantic would also offer a string).
+    return WithJsonSchema({"type": "number", "minimum": low, "maximum": high})
 
 
-def _range(low: int | str, high: int | str) -> Any:
-    return Field(default=None, ge=Decimal(low), le=Decimal(high))
+# JSON numbers kept as Decimal, and integers (10.0 is 10; 10.5 is refused), in range.
+Temperature = Annotated[Decimal, Field(ge=0, le=2), BeforeValidator(_number),
+                        _number_schema(0, 2)]
+Probability = Annotated[Decimal, Field(ge=0, le=1), BeforeValidator(_number),
+                        _number_schema(0, 1)]
+Penalty = Annotated[Decimal, Field(ge=-2, le=2), BeforeValidator(_number),
+                    _number_schema(-2, 2)]
+Bias = Annotated[Decimal, Field(ge=-100, le=100), BeforeValidator(_number),
+                 _number_schema(-100, 100)]
+TokenCount = Annotated[int, Field(ge=1, le=INT64_MAX), BeforeValidator(_integer)]
+Choices = Annotated[int, Field(ge=1, le=MAX_CHOICES), BeforeValidator(_integer)]
+Int64 = Annotated[int, Field(ge=-(2**63), le=INT64_MAX), BeforeValidator(_integer)]
+TopLogprobs = Annotated[int, Field(ge=0, le=20), BeforeValidator(_integer)]
 
 
 class ChatMessage(BaseModel):
@@ -149,21 +168,20 @@ class ChatCompletionRequest(BaseModel):
     messages: list[ChatMessage] = Field(min_length=1, max_length=4096)
     power_level: Literal["eco", "balanced", "precision"] | None = Field(
         default=None, description="Ours (also the X-Power-Level header); not forwarded")
-    max_tokens: Integer | None = Field(default=None, ge=1, le=INT64_MAX)
-    max_completion_tokens: Integer | None = Field(default=None, ge=1, le=INT64_MAX)
-    n: Integer = Field(default=1, ge=1, le=MAX_CHOICES)
+    max_tokens: TokenCount | None = None
+    max_completion_tokens: TokenCount | None = None
+    n: Choices = 1
     stream: bool = False
     stream_options: dict[str, bool] | None = None
-    temperature: Number | None = _range(0, 2)
-    top_p: Number | None = _range(0, 1)
-    frequency_penalty: Number | None = _range(-2, 2)
-    presence_penalty: Number | None = _range(-2, 2)
-    seed: Integer | None = Field(default=None, ge=-(2**63), le=INT64_MAX)
+    temperature: Temperature | None = None
+    top_p: Probability | None = None
+    frequency_penalty: Penalty | None = None
+    presence_penalty: Penalty | None = None
+    seed: Int64 | None = None
     stop: Annotated[str | list[str] | None, BeforeValidator(_stop)] = None
-    logit_bias: dict[str, Annotated[Number, Field(ge=-100, le=100)]] | None = Field(
-        default=None, max_length=1024)
+    logit_bias: dict[str, Bias] | None = Field(default=None, max_length=1024)
     logprobs: bool | None = None
-    top_logprobs: Integer | None = Field(default=None, ge=0, le=20)
+    top_logprobs: TopLogprobs | None = None
     user: str | None = Field(default=None, max_length=512)
     tools: list[dict[str, Any]] | None = Field(default=None, max_length=128)
     tool_choice: str | dict[str, Any] | None = None
