@@ -245,3 +245,9 @@ def test_valid_bodies_still_pass_on_those_routes(stack):
         "POST", "/api/v1/llm/admin/users/u2/credits", path_params={"user_id": "u2"},
         raw_body='{"amount": "2.50", "type": "bonus", "reason": "[nested] {text}"}', **ADMIN))
     assert status in (200, 201), body
+
+
+def test_the_published_schema_says_unknown_fields_are_refused():
+    from llmcredits.models_chat import ChatCompletionRequest
+
+    assert ChatCompletionRequest.model_json_schema()["additionalProperties"] is False

@@ -143,3 +143,23 @@ def test_the_service_holds_the_window_and_charges_a_big_image_in_full(stack, pro
                                                 sub=user, query={"type": "usage"}))[2]["items"]
     assert "capped_at_hold" not in items[0]["metadata"]
     assert items[0]["metadata"]["prompt_tokens"] == prompt_tokens
+
+
+def test_the_service_counts_tools_and_response_format_in_the_hold(stack):
+    user = "tools-hold"
+    setup_user(user, amount="10", tier="professional")
+    up = ReportingUpstream(user, 10)
+    service = ChatService(bootstrap.ledger_service(), catalog(), up)
+    tools = [{"type": "function", "function": {"name": "lookup", "description": "d" * 4000,
+                                               "parameters": {"type": "object"}}}]
+    body = {"model": "openai/gpt-4o", "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 10, "n": 2, "tools": tools,
+            "response_format": {"type": "json_object"}}
+    request = ChatCompletionRequest.model_validate(body)
+    service.complete(user, request, power_level_header=None, request_id=user)
+    route = catalog().resolve("openai/gpt-4o", None, "professional")
+    messages = [{"role": "user", "content": "hi"}]
+    bound = catalog().prompt_bound(route, messages, extra={
+        "tools": tools, "response_format": {"type": "json_object"}})
+    assert bound > prompt_token_bound(messages) + 4000
+    assert up.held == catalog().charge(route, None, "professional", bound, 2 * 10)
