@@ -117,7 +117,6 @@ ROUTER_CONTROLS = [
     ("api_version", "2024-01-01"),
     ("model_list", [{"model_name": "x", "litellm_params": {"model": "openai/gpt-4o"}}]),
     ("router_settings", {"routing_strategy": "cost-based"}),
-    ("metadata", {"tags": ["precision"], "model_group": "openai/gpt-4o"}),
     ("custom_llm_provider", "openai"),
     ("caching", True),
     ("cache", {"no-cache": True}),
@@ -148,9 +147,39 @@ def test_litellm_router_controls_are_400_naming_the_field(upstream, field, value
     assert account(USER)["balance"] == "10.000000"
 
 
+@pytest.mark.parametrize(
+    ("metadata", "param", "code"),
+    [
+        ({"tags": "precision"}, "metadata.tags", "parameter_not_allowed"),
+        ({"model_group": "openai/gpt-4o"}, "metadata.model_group", "parameter_not_allowed"),
+        ({"user_api_key_team_id": "t"}, "metadata.user_api_key_team_id",
+         "parameter_not_allowed"),
+        ({"litellm_anything": "x"}, "metadata.litellm_anything", "parameter_not_allowed"),
+        ({"tags": ["precision"]}, "metadata.tags", "parameter_not_allowed"),
+        ({"k": 1}, "metadata", "invalid_request"),
+        ({f"k{i}": "v" for i in range(17)}, "metadata", "invalid_request"),
+        ({"k": "v" * 513}, "metadata", "invalid_request"),
+        ("tags", "metadata", "invalid_request"),
+    ],
+)
+def test_metadata_routing_keys_are_400_naming_the_key(upstream, metadata, param, code):
+    status, _, body = chat(USER, {"model": BALANCED, "messages": HELLO, "metadata": metadata})
+    assert_openai_400(status, body)
+    assert (body["error"]["param"], body["error"]["code"]) == (param, code)
+    assert upstream.requests == []
+
+
+def test_openai_metadata_is_accepted_and_never_forwarded(upstream):
+    setup_user("meta")
+    status, _, body = chat("meta", {"model": BALANCED, "messages": HELLO,
+                                    "metadata": {"project": "alpha", "run": "7"}})
+    assert status == 200, body
+    assert "metadata" not in upstream.requests[-1].body
+
+
 def test_the_controls_list_covers_litellms_documented_params():
     # LiteLLM's SDK list (all_litellm_params) and the proxy's request-body extensions.
-    documented = {"metadata", "tags", "caching", "mock_response", "api_key", "api_version",
+    documented = {"tags", "caching", "mock_response", "api_key", "api_version",
                   "api_base", "force_timeout", "custom_llm_provider", "fallbacks", "azure",
                   "headers", "model_list", "num_retries", "context_window_fallback_dict",
                   "retry_policy", "request_timeout", "rpm", "tpm", "input_cost_per_token",

@@ -54,7 +54,7 @@ LITELLM_CONTROLS = frozenset({
     "stream_timeout", "force_timeout", "cooldown_time", "fastest_response", "weight",
     "rpm", "tpm", "max_parallel_requests", "model_info", "base_model", "model_group",
     "deployment", "tags", "litellm_params", "litellm_settings", "litellm_metadata",
-    "metadata", "model_file_id_mapping",
+    "model_file_id_mapping",
     # prices and budgets
     "input_cost_per_token", "output_cost_per_token", "input_cost_per_second",
     "output_cost_per_second", "max_budget", "budget_duration", "spend_logs_metadata",
@@ -79,6 +79,19 @@ LITELLM_CONTROLS = frozenset({
 #: Any field named ``litellm_*`` (litellm_call_id, litellm_trace_id, litellm_session_id,
 #: litellm_logging_obj, litellm_disabled_callbacks, ...) is a LiteLLM control too.
 LITELLM_PREFIX = "litellm_"
+
+#: ``metadata`` is OpenAI's (string pairs for stored completions) and LiteLLM's (tag
+#: routing, model groups, budgets, callbacks). OpenAI-shaped metadata is accepted but
+#: never forwarded (without ``store``, refused below, OpenAI does nothing with it), so
+#: none of it can route; keys LiteLLM reads are refused so the caller is not misled.
+METADATA_MAX_PAIRS, METADATA_KEY_CHARS, METADATA_VALUE_CHARS = 16, 64, 512
+LITELLM_METADATA_KEYS = frozenset({
+    "tags", "model_group", "deployment", "model_info", "api_base", "caching_groups",
+    "headers", "endpoint", "fallbacks", "disable_fallbacks", "guardrails",
+    "spend_logs_metadata", "requester_metadata", "trace_id", "generation_name",
+    "session_id", "prompt_id", "mock_response", "team_id", "end_user_id",
+})
+LITELLM_METADATA_PREFIXES = (LITELLM_PREFIX, "user_api_key")
 
 #: OpenAI parameters that change what a request costs in ways the catalog does not price
 #: (or that break the hold's bound); refused until the catalog prices them.
@@ -123,6 +136,24 @@ def _stop(value: Any) -> Any:
             raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences")
         return value
     raise ValueError("must be a string or a list of strings")
+
+
+def _metadata(value: Any) -> Any:
+    if value is None:
+        return value
+    if not isinstance(value, dict) or len(value) > METADATA_MAX_PAIRS:
+        raise ValueError(f"must be an object of at most {METADATA_MAX_PAIRS} string pairs")
+    for key, item in value.items():
+        if key in LITELLM_METADATA_KEYS or str(key).startswith(LITELLM_METADATA_PREFIXES):
+            raise InvalidRequest(
+                f"metadata.{key} is a LiteLLM routing/budget key and may not be set: this "
+                "service chooses the model and provider itself.",
+                param=f"metadata.{key}", code="parameter_not_allowed")
+        if len(str(key)) > METADATA_KEY_CHARS or not isinstance(item, str) or len(
+                item) > METADATA_VALUE_CHARS:
+            raise ValueError(f"keys of at most {METADATA_KEY_CHARS} characters and string "
+                             f"values of at most {METADATA_VALUE_CHARS}")
+    return value
 
 
 def _number_schema(low: int, high: int) -> WithJsonSchema:
@@ -191,6 +222,8 @@ class ChatCompletionRequest(BaseModel):
     response_format: dict[str, Any] | None = None
     reasoning_effort: Literal["none", "minimal", "low", "medium", "high"] | None = None
     verbosity: Literal["low", "medium", "high"] | None = None
+    metadata: Annotated[dict[str, str] | None, BeforeValidator(_metadata)] = Field(
+        default=None, description="OpenAI-shaped string pairs; accepted, not forwarded")
     prompt_cache_key: str | None = Field(default=None, max_length=512)
     safety_identifier: str | None = Field(default=None, max_length=512)
 
@@ -218,7 +251,8 @@ class ChatCompletionRequest(BaseModel):
 
     def passthrough(self) -> dict[str, Any]:
         """The body for the upstream, before we set model and token limits."""
-        return self.model_dump(mode="python", exclude_none=True, exclude={"power_level"})
+        return self.model_dump(mode="python", exclude_none=True,
+                               exclude={"power_level", "metadata"})
 
 
 def refuse_unknown_fields(body: dict[str, Any], allowed: frozenset[str]) -> None:
