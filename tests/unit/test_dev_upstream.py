@@ -205,3 +205,42 @@ def test_official_openai_sdk_completion_and_stream(up):
     assert chunks[-1].usage is not None
     assert chunks[-1].usage.completion_tokens == done.usage.completion_tokens
     assert [m.id for m in client.models.list()]
+
+
+def test_fault_wrong_model_and_error_in_200(up):
+    from llmcredits.local.dev_upstream import WRONG_MODEL
+
+    body = {"model": "groq/llama-3.1-8b-instant", "messages": MESSAGES}
+    wrong = post(up, body, headers={"X-Dev-Upstream-Fault": "wrong-model"})
+    assert wrong.status_code == 200 and wrong.json()["model"] == WRONG_MODEL
+    streamed = post(up, {**body, "stream": True},
+                    headers={"X-Dev-Upstream-Fault": "wrong-model"})
+    assert {e["model"] for e in sse_events(streamed.text)} == {WRONG_MODEL}
+    error = post(up, body, headers={"X-Dev-Upstream-Fault": "error-in-200"})
+    assert error.status_code == 200 and error.json()["error"]["code"] == "dev_upstream_fault"
+    events = sse_events(post(up, {**body, "stream": True},
+                             headers={"X-Dev-Upstream-Fault": "error-in-200"}).text)
+    assert [set(e) for e in events] == [{"error"}]
+
+
+def test_fault_stream_error_and_stream_cut(up):
+    from llmcredits.local.dev_upstream import PARTIAL_CHUNKS
+
+    body = {"model": "groq/llama-3.1-8b-instant", "messages": MESSAGES, "stream": True}
+    text = post(up, body, headers={"X-Dev-Upstream-Fault": "stream-error"}).text
+    assert "[DONE]" not in text
+    events = [json.loads(line.removeprefix("data: ")) for line in text.split("\n\n") if line]
+    assert len(events) == 1 + PARTIAL_CHUNKS + 1 and "error" in events[-1]
+    assert all("choices" in e for e in events[:-1])
+    with pytest.raises(httpx.RemoteProtocolError):
+        post(up, body, headers={"X-Dev-Upstream-Fault": "stream-cut"})
+    with pytest.raises(httpx.RemoteProtocolError):  # a non-streamed answer, cut halfway
+        post(up, {**body, "stream": False}, headers={"X-Dev-Upstream-Fault": "stream-cut"})
+
+
+def test_request_bodies_are_decoded_strictly(up):
+    raw = '{"model": "m", "messages": [{"role": "user", "content": "x"}], "temperature": NaN}'
+    resp = httpx.post(up.url + "/v1/chat/completions", content=raw, timeout=5.0,
+                      headers={"Authorization": f"Bearer {KEY}",
+                               "Content-Type": "application/json"})
+    assert resp.status_code == 400 and resp.json()["error"]["code"] == "invalid_json"

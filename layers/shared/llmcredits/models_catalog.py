@@ -37,6 +37,10 @@ class ModelOut(BaseModel):
     power_levels: list[str]
     pricing: ModelPricing
     max_tokens: int = Field(description="The most completion tokens a request may ask for")
+    context_window: int = Field(
+        description="The most prompt tokens the model accepts; a request's hold never "
+        "prices more prompt tokens than this (and prices this many when it carries an "
+        "image, audio or a file)")
     allowed: bool = Field(description="Whether the caller's tier may use this model")
 
 
@@ -76,5 +80,6 @@ def model_view(
             completion=format_money(completion),
         ),
         max_tokens=max_tokens,
+        context_window=model.context_window,
         allowed=prices.allowed(model, tier),
     )

@@ -2,6 +2,21 @@
 
 One httpx.Client per container (connection reuse across warm invocations), explicit
 timeouts, and every failure mapped to an ApiError so the caller can release the hold.
+
+What counts as a failure, and what the reply says happened:
+
+* HTTP errors, timeouts, unreadable JSON (strict: ``jsonexact``), and an error inside a
+  200 (a body ``{"error": ...}``, or a stream whose first event is ``data: {"error":
+  ...}``): raised, so nothing is delivered and nothing charged.
+* A stream that fails after content arrived (an error event, a dropped connection, a
+  timeout, an unreadable chunk, or an end without ``data: [DONE]``): not raised; the
+  reply is **partial** (``reply.failure`` says why), its chunks are those delivered
+  plus one error event of ours (never the provider's text, which may echo a BYOK key),
+  and :meth:`UpstreamReply.billable_usage` says what to charge: the usage the upstream
+  reported, else the prompt bound plus the UTF-8 bytes of the delivered text (content,
+  reasoning, refusals, tool calls), at most the completion bound (so within the hold).
+  Bytes are a true upper bound of tokens for every tokenizer in use (see pricing), the
+  same rule the hold uses; without the upstream's count we do not guess lower.
 """
 
 from __future__ import annotations
@@ -13,7 +28,16 @@ from typing import Any
 import httpx
 
 from llmcredits import jsonexact
-from llmcredits.errors import InvalidRequest, RateLimited, UpstreamError, UpstreamTimeout
+from llmcredits.errors import (
+    ApiError,
+    InvalidRequest,
+    RateLimited,
+    UpstreamError,
+    UpstreamTimeout,
+)
+
+#: The code of the error event that ends a partial stream (and of UpstreamError).
+STREAM_INTERRUPTED = "upstream_stream_interrupted"
 
 
 @dataclass(frozen=True)
@@ -28,11 +52,71 @@ class Usage:
 
 @dataclass
 class UpstreamReply:
-    """A complete answer: the JSON body, or (streamed) every chunk in order."""
+    """An answer: the JSON body, or (streamed) every chunk in order.
+
+    ``models``: every distinct ``model`` the answer reported, in order (for
+    domain.answer.ensure_routed_model). ``failure``: set when a stream failed after
+    content was delivered (the reply is partial); ``delivered_bytes``: the UTF-8 bytes
+    of the text delivered (content, reasoning, refusal, tool-call names and arguments).
+    """
 
     body: dict[str, Any] | None = None
     chunks: list[dict[str, Any]] = field(default_factory=list)
     usage: Usage | None = None
+    models: list[str] = field(default_factory=list)
+    failure: ApiError | None = None
+    delivered_bytes: int = 0
+
+    @property
+    def model(self) -> str | None:
+        return self.models[0] if self.models else None
+
+    @property
+    def partial(self) -> bool:
+        return self.failure is not None
+
+    def billable_usage(self, prompt_bound: int, completion_bound: int) -> Usage | None:
+        """The tokens to charge: the reported usage; for a partial stream without one,
+        ``prompt_bound`` plus the delivered bytes, at most ``completion_bound``; None
+        for a complete answer without usage (the caller charges its hold, as before)."""
+        if self.usage is not None or not self.partial:
+            return self.usage
+        return Usage(prompt_bound, min(self.delivered_bytes, completion_bound))
+
+    def note_model(self, value: Any) -> None:
+        if isinstance(value, str) and value and value not in self.models:
+            self.models.append(value)
+
+
+def _delivered_bytes(chunk: dict[str, Any]) -> int:
+    """UTF-8 bytes of the generated text in one stream chunk (0: no content)."""
+    total = 0
+    for choice in chunk.get("choices") or ():
+        delta = choice.get("delta") if isinstance(choice, dict) else None
+        if not isinstance(delta, dict):
+            continue
+        texts: list[Any] = [delta.get(k) for k in ("content", "reasoning_content", "refusal")]
+        calls = list(delta.get("tool_calls") or ())
+        if isinstance(delta.get("function_call"), dict):
+            calls.append({"function": delta["function_call"]})
+        for call in calls:
+            function = call.get("function") if isinstance(call, dict) else None
+            if isinstance(function, dict):
+                texts += [function.get("name"), function.get("arguments")]
+        total += sum(len(t.encode("utf-8")) for t in texts if isinstance(t, str))
+    return total
+
+
+def _error_in(body: Any) -> bool:
+    """An OpenAI-shaped error inside a 200 (LiteLLM sends one mid-stream, too)."""
+    return isinstance(body, dict) and body.get("error") not in (None, "", {})
+
+
+def _interrupted_event(reason: str) -> dict[str, Any]:
+    return {"error": {
+        "message": f"The model provider's stream failed partway ({reason}); you were "
+                   "charged only for what was delivered (see GET /generations/{request_id}).",
+        "type": "upstream_error", "code": STREAM_INTERRUPTED, "param": None}}
 
 
 def parse_usage(raw: Any) -> Usage | None:
@@ -91,10 +175,18 @@ class LiteLLMUpstream:
         if not isinstance(body, dict):
             raise UpstreamError("The model provider sent an unexpected answer; nothing was "
                                 "charged.")
-        return UpstreamReply(body=body, usage=parse_usage(body.get("usage")))
+        if _error_in(body):
+            raise UpstreamError("The model provider answered with an error (inside an HTTP "
+                                "200); nothing was charged.")
+        reply = UpstreamReply(body=body, usage=parse_usage(body.get("usage")))
+        reply.note_model(body.get("model"))
+        return reply
 
     def _stream(self, payload: dict[str, Any], headers: dict[str, str]) -> UpstreamReply:
         reply = UpstreamReply()
+        done = False
+        failure: ApiError | None = None
+        reason = ""
         try:
             with self._client.stream(
                 "POST", self._url, content=jsonexact.dumps(payload),
@@ -108,19 +200,38 @@ class LiteLLMUpstream:
                         continue
                     data = line[5:].strip()
                     if data == "[DONE]":
+                        done = True
                         break
                     chunk = jsonexact.loads(data)
+                    if _error_in(chunk):
+                        failure = UpstreamError("The model provider's stream reported an "
+                                                "error; nothing was charged.")
+                        reason = "the provider reported an error"
+                        break
                     if isinstance(chunk, dict):
                         reply.chunks.append(chunk)
+                        reply.note_model(chunk.get("model"))
+                        reply.delivered_bytes += _delivered_bytes(chunk)
                         usage = parse_usage(chunk.get("usage"))
                         if usage is not None:
                             reply.usage = usage
-        except httpx.TimeoutException as exc:
-            raise UpstreamTimeout("The model provider did not answer in time; nothing was "
-                                  "charged.") from exc
-        except (httpx.HTTPError, ValueError) as exc:
-            raise UpstreamError("The model provider's stream failed; nothing was "
-                                "charged.") from exc
+        except httpx.TimeoutException:
+            failure = UpstreamTimeout("The model provider did not answer in time; nothing "
+                                      "was charged.")
+            reason = "timeout"
+        except (httpx.HTTPError, ValueError):
+            failure = UpstreamError("The model provider's stream failed; nothing was "
+                                    "charged.")
+            reason = "connection lost or unreadable data"
+        if failure is None and not done:
+            failure = UpstreamError("The model provider's stream ended early; nothing was "
+                                    "charged.", code=STREAM_INTERRUPTED)
+            reason = "ended without [DONE]"
+        if failure is not None:
+            if reply.delivered_bytes == 0:
+                raise failure  # nothing delivered: nothing charged, the hold released
+            reply.failure = failure
+            reply.chunks.append(_interrupted_event(reason))
         return reply
 
 

@@ -9,14 +9,16 @@ frozen dataclasses. The formula (DESIGN section 3)::
 in Decimal, rounded once at the end to 0.000001, half up.
 
 Holds: a chat request reserves :func:`hold_amount`, the charge of an upper bound of its
-tokens: prompt tokens bounded by :func:`prompt_token_bound` (UTF-8 bytes plus overhead),
-completion tokens by the clipped ``max_tokens``. Every price is non-negative and the
-rounding is monotone, so ``charge(actual) <= hold`` whenever the actual token counts are
-within those bounds.
+tokens: prompt tokens bounded by :meth:`Catalog.prompt_bound` (UTF-8 bytes plus overhead,
+never above the model's context window; a non-text part such as an image, a file or
+audio is bounded only by the context window), completion tokens by the clipped
+``max_tokens``. Every price is non-negative and the rounding is monotone, so
+``charge(actual) <= hold`` whenever the actual token counts are within those bounds.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -31,6 +33,7 @@ from llmcredits.money import ZERO, quantize
 
 CATALOG_PATH = Path(__file__).resolve().parent.parent / "data" / "catalog.json"
 AUTO = "auto"
+MAX_TOKENS_CLIPPED_HEADER = "X-Max-Tokens-Clipped"
 MODELS_HINT = 'GET /api/v1/llm/models lists them; or send model "auto" with a power_level'
 
 # Prompt bound (see prompt_token_bound). Every tokenizer in use (byte-level BPE,
@@ -42,10 +45,10 @@ MESSAGE_OVERHEAD_TOKENS = 16
 PROMPT_OVERHEAD_TOKENS = 64
 #: Per string: a tokenizer may add a prefix token (SentencePiece's dummy prefix).
 STRING_OVERHEAD_TOKENS = 1
-#: Per non-text content part (image, audio, file) whose size is not in the request text.
-#: A bound for common providers' image pricing (OpenAI <= ~1.5K, Anthropic <= ~1.6K per
-#: image); not a bound for every model (see the README), so settle must cope with more.
-MEDIA_PART_TOKENS = 2048
+# A non-text content part (image, audio, file) has no size in the request text: a
+# high-detail image costs gpt-4o-mini up to ~37K tokens, a PDF ~1.5-3K tokens a page. The
+# only bound that holds for every model is its context window (a prompt cannot exceed
+# it), so one such part makes the prompt bound the model's context window.
 #: Once when tools/functions are sent: the tool-use system prompt some providers inject
 #: (Anthropic: ~350 tokens).
 TOOLS_OVERHEAD_TOKENS = 512
@@ -127,8 +130,14 @@ class Model:
     power_levels: tuple[str, ...]
     price: Price
     created: int
+    #: The most prompt tokens the model accepts (catalog data; prompt + completion for
+    #: most providers), so the most a prompt can cost.
+    context_window: int
     max_completion_tokens: int | None = None
     description: str = ""
+    #: Other names the upstream may report in an answer's ``model`` for this model
+    #: (catalog data), besides those domain.answer accepts by its naming rules.
+    answered_as: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -140,6 +149,8 @@ class Route:
     power_level: str
     max_tokens: int
     upstream_model: str
+    context_window: int | None = None
+    answered_as: tuple[str, ...] = ()
 
 
 # --------------------------------------------------------------------------- catalog
@@ -174,12 +185,26 @@ class Catalog:
     def model(self, model_id: str) -> Model:
         model = self.models.get(model_id)
         if model is None:
+            close = self.suggest_models(model_id)
+            hint = f" Did you mean {_or(close)}?" if close else ""
             raise InvalidRequest(
-                f"Unknown model {model_id!r}. {MODELS_HINT}.",
+                f"Unknown model {model_id!r}.{hint} {MODELS_HINT}.",
                 param="model",
                 code="model_not_found",
             )
         return model
+
+    def suggest_models(self, model_id: str, limit: int = 3) -> list[str]:
+        """Catalog ids close to ``model_id``: ids that end in it (``gpt-4o`` ->
+        ``openai/gpt-4o``), then difflib's closest matches (case-insensitive)."""
+        wanted = str(model_id).strip().lower()
+        if not wanted:
+            return []
+        by_lower = {m.lower(): m for m in self.models}
+        tails = [m for low, m in by_lower.items()
+                 if low == wanted or low.endswith("/" + wanted.lstrip("/"))]
+        close = difflib.get_close_matches(wanted, list(by_lower), n=limit, cutoff=0.6)
+        return list(dict.fromkeys([*tails, *(by_lower[c] for c in close)]))[:limit]
 
     def markup(self, tier: str) -> Decimal:
         return self.tier(tier).markup
@@ -263,6 +288,8 @@ class Catalog:
             power_level=level.name,
             max_tokens=max_tokens,
             upstream_model=found.upstream_model,
+            context_window=found.context_window,
+            answered_as=found.answered_as,
         )
 
     # ---- money
@@ -313,6 +340,27 @@ class Catalog:
             raise InvalidRequest("max_tokens must be a positive integer.", param="max_tokens")
         return min(requested, route.max_tokens)
 
+    def clip_headers(self, requested: int | None, route: Route) -> dict[str, str]:
+        """``X-Max-Tokens-Clipped: <requested>`` when ``requested`` is above what the route
+        allows (so the client sees that a lower max_tokens was sent), else nothing."""
+        if requested is not None and self.clip_max_tokens(requested, route) < requested:
+            return {MAX_TOKENS_CLIPPED_HEADER: str(requested)}
+        return {}
+
+    def context_window(self, route_or_model: Route | str) -> int:
+        if isinstance(route_or_model, Route) and route_or_model.context_window is not None:
+            return route_or_model.context_window
+        model_id = route_or_model.model if isinstance(route_or_model, Route) else route_or_model
+        return self.model(model_id).context_window
+
+    def prompt_bound(self, route_or_model: Route | str, messages: Any, *,
+                     extra: Any = None) -> int:
+        """An upper bound of the prompt tokens of ``messages`` (plus ``extra`` request
+        fields rendered into the prompt) on the route's model: the text bound of
+        :func:`prompt_token_bound`, never above the model's context window."""
+        return prompt_token_bound(messages, extra=extra,
+                                  context_window=self.context_window(route_or_model))
+
     def hold_amount(
         self,
         route: Route,
@@ -321,62 +369,84 @@ class Catalog:
         max_tokens: int | None,
         *,
         extra: Any = None,
+        n: int = 1,
     ) -> Decimal:
         """An upper bound of the final charge: bound of prompt tokens, max completion."""
         return self.charge(
             route,
             None,
             tier,
-            prompt_token_bound(messages, extra=extra),
-            self.clip_max_tokens(max_tokens, route),
+            self.prompt_bound(route, messages, extra=extra),
+            n * self.clip_max_tokens(max_tokens, route),
         )
 
 
 # --------------------------------------------------------------------------- prompt bound
 
 
-def prompt_token_bound(messages: Any, *, extra: Any = None) -> int:
+def prompt_token_bound(messages: Any, *, extra: Any = None,
+                       context_window: int | None = None) -> int:
     """An upper bound of the prompt tokens of ``messages`` (OpenAI chat messages).
 
     Counts the UTF-8 bytes of every string anywhere in the messages (role, name,
     content strings, content-part text, tool-call names and arguments, ...) plus
-    STRING_OVERHEAD_TOKENS per string, MESSAGE_OVERHEAD_TOKENS per message,
-    MEDIA_PART_TOKENS per non-text content part and PROMPT_OVERHEAD_TOKENS once.
-    ``extra``: other request fields the upstream renders into the prompt (``tools``,
-    ``functions``, ``response_format``, ...), counted as their JSON bytes plus
-    TOOLS_OVERHEAD_TOKENS.
+    STRING_OVERHEAD_TOKENS per string, MESSAGE_OVERHEAD_TOKENS per message and
+    PROMPT_OVERHEAD_TOKENS once. ``extra``: other request fields the upstream renders
+    into the prompt (``tools``, ``functions``, ``tool_choice``, ``response_format``,
+    ...), counted as their JSON bytes plus TOOLS_OVERHEAD_TOKENS.
+
+    ``context_window``: the model's; the bound is never above it, and is it as soon as a
+    non-text part (image, audio, file) is present, whose tokens the text cannot bound.
+    Without one, a non-text part is a ValueError (there is no bound to give).
     """
     total = PROMPT_OVERHEAD_TOKENS
     items: Iterable[Any] = messages if isinstance(messages, (list, tuple)) else [messages]
+    media = False
     for message in items:
         total += MESSAGE_OVERHEAD_TOKENS + _value_bound(message)
+        media = media or _has_media_part(message)
     if extra:
         blob = json.dumps(extra, ensure_ascii=False, default=str, separators=(",", ":"))
         total += TOOLS_OVERHEAD_TOKENS + len(blob.encode("utf-8"))
-    return total
+    if context_window is None:
+        if media:
+            raise ValueError("a non-text content part is bounded only by the model's "
+                             "context window: pass context_window")
+        return total
+    return context_window if media else min(total, context_window)
 
 
 def _value_bound(value: Any) -> int:
-    if value is None or isinstance(value, bool):
-        return 0
-    if isinstance(value, str):
-        return len(value.encode("utf-8")) + STRING_OVERHEAD_TOKENS
-    if isinstance(value, Mapping):
-        total = sum(_value_bound(v) for v in value.values())
-        if _is_media_part(value):
-            total += MEDIA_PART_TOKENS
-        return total
-    if isinstance(value, (list, tuple)):
-        return sum(_value_bound(v) for v in value)
-    return len(str(value).encode("utf-8")) + STRING_OVERHEAD_TOKENS  # numbers
+    """The text bound of every string and number in ``value``, without recursion (a
+    request nests at most jsonexact.MAX_DEPTH deep, but this must not depend on it)."""
+    total = 0
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if node is None or isinstance(node, bool):
+            continue
+        if isinstance(node, str):
+            total += len(node.encode("utf-8")) + STRING_OVERHEAD_TOKENS
+        elif isinstance(node, Mapping):
+            stack.extend(node.values())
+        elif isinstance(node, (list, tuple)):
+            stack.extend(node)
+        else:
+            total += len(str(node).encode("utf-8")) + STRING_OVERHEAD_TOKENS  # numbers
+    return total
 
 
-def _is_media_part(part: Mapping[str, Any]) -> bool:
-    """A content part such as {"type": "image_url", "image_url": {...}} (not text, not a
-    tool call {"type": "function", "function": {...}})."""
-    kind = part.get("type")
-    return (isinstance(kind, str) and kind in part and kind != "function"
-            and kind not in _TEXT_PART_TYPES)
+def _has_media_part(message: Any) -> bool:
+    """Whether a message's content list holds a part that is not text, such as
+    {"type": "image_url", ...}, {"type": "input_audio", ...} or {"type": "file", ...}.
+    Every part whose type is not a text type counts: the bound must hold for part types
+    we do not know (e.g. a provider-specific "document")."""
+    content = message.get("content") if isinstance(message, Mapping) else None
+    if not isinstance(content, (list, tuple)):
+        return False
+    return any(not (isinstance(part, Mapping) and isinstance(part.get("type"), str)
+                    and part["type"] in _TEXT_PART_TYPES)
+               for part in content)
 
 
 # --------------------------------------------------------------------------- loading
@@ -455,6 +525,9 @@ def _build(data: Mapping[str, Any]) -> Catalog:
         if not in_levels:
             raise ValueError(f"models.{model_id}: provider {provider!r} is in no power level")
         max_out = m.get("max_completion_tokens")
+        aliases = m.get("answered_as", [])
+        if not isinstance(aliases, list) or not all(isinstance(a, str) and a for a in aliases):
+            raise ValueError(f"models.{model_id}.answered_as must be a list of names")
         models[model_id] = Model(
             id=model_id,
             provider=provider,
@@ -462,9 +535,12 @@ def _build(data: Mapping[str, Any]) -> Catalog:
             power_levels=in_levels,
             price=_price(m, providers[provider], model_id),
             created=int(m.get("created", created)),
+            context_window=_positive_int(m.get("context_window"),
+                                         f"models.{model_id}.context_window"),
             max_completion_tokens=None if max_out is None else _positive_int(
                 max_out, f"models.{model_id}.max_completion_tokens"),
             description=str(m.get("description", "")),
+            answered_as=tuple(aliases),
         )
     for name, lv in levels.items():
         if lv.default_model not in models or name not in models[lv.default_model].power_levels:
@@ -534,9 +610,10 @@ def clip_max_tokens(requested: int | None, route: Route) -> int:
 
 
 def hold_amount(
-    route: Route, tier: str, messages: Any, max_tokens: int | None, *, extra: Any = None
+    route: Route, tier: str, messages: Any, max_tokens: int | None, *, extra: Any = None,
+    n: int = 1,
 ) -> Decimal:
-    return catalog().hold_amount(route, tier, messages, max_tokens, extra=extra)
+    return catalog().hold_amount(route, tier, messages, max_tokens, extra=extra, n=n)
 
 
 def rate_limit(tier: str) -> int:

@@ -16,7 +16,6 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
@@ -24,6 +23,7 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from llmcredits import jsonexact
 from llmcredits.errors import (
     ApiError,
     Forbidden,
@@ -136,7 +136,9 @@ def make_app() -> APIGatewayHttpResolver:
         # A response that breaks its model is our bug: 500, never a client 4xx.
         response_validation_error_http_code=500,
         serializer=dumps,
-        json_body_deserializer=partial(json.loads, parse_float=Decimal),
+        # [input] Strict decoding (jsonexact): NaN/Infinity, out-of-range numbers and
+        # nesting deeper than jsonexact.MAX_DEPTH are a 400 naming the field, on every route.
+        json_body_deserializer=jsonexact.loads_request,
     )
 
     @app.exception_handler(ApiError)

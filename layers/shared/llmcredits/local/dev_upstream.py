@@ -25,7 +25,15 @@ or the marker ``[[dev-upstream-fault:<fault>]]`` in the last user message (for b
 tests through the API). Faults: an HTTP status such as ``500`` or ``429`` (an OpenAI-shaped
 error with that status), ``timeout`` (answer only after ``X-Dev-Upstream-Delay`` seconds,
 default ``timeout_delay``), ``garbage`` (200 with a non-JSON body), ``no-usage`` (200
-without ``usage``). ``X-Dev-Upstream-Delay`` alone delays a normal answer.
+without ``usage``), ``error-in-200`` (200 whose body, or first stream event, is an
+OpenAI error object), ``wrong-model`` (a normal answer that reports another model:
+:data:`WRONG_MODEL`), and for streams ``stream-error`` (some content, then
+``data: {"error": ...}`` and the end) and ``stream-cut`` (some content, then the
+connection closes without ``data: [DONE]``; a non-streamed answer is cut halfway).
+``X-Dev-Upstream-Delay`` alone delays a normal answer.
+
+Request bodies are decoded strictly (``jsonexact``: no NaN or Infinity, numbers in
+64-bit range), as a real provider's JSON parser would: what we forward must be JSON.
 
 Python API::
 
@@ -54,6 +62,7 @@ from decimal import Decimal
 from itertools import pairwise
 from typing import Any, Self
 
+from llmcredits import jsonexact
 from llmcredits.local.dev_server import StandIn, StandInHandler
 from llmcredits.units import Seconds
 
@@ -66,7 +75,12 @@ MESSAGE_TOKENS = 3
 REPLY_PRIMING_TOKENS = 3
 #: Tokens per streamed content chunk.
 STREAM_CHUNK_TOKENS = 3
-FAULTS = ("timeout", "garbage", "no-usage")
+FAULTS = ("timeout", "garbage", "no-usage", "error-in-200", "wrong-model", "stream-error",
+          "stream-cut")
+#: The model a ``wrong-model`` answer reports (not a catalog model of any level).
+WRONG_MODEL = "dev/some-other-model"
+#: Content chunks a ``stream-error`` / ``stream-cut`` stream delivers before it fails.
+PARTIAL_CHUNKS = 2
 MAX_BODY_BYTES = 16 * 1024 * 1024
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
@@ -256,8 +270,8 @@ class _Handler(StandInHandler):
         parse_error = False
         if raw:
             try:
-                body = json.loads(raw, parse_float=Decimal)
-            except (ValueError, UnicodeDecodeError):
+                body = jsonexact.loads(raw)
+            except ValueError:  # also UnicodeDecodeError and jsonexact.JsonRefused
                 parse_error = True
         api_key = body.get("api_key") if isinstance(body, dict) else None
         up._record(
@@ -377,6 +391,17 @@ class _Handler(StandInHandler):
         if fault == "garbage":
             self._send(200, "application/json", b"<html>502 Bad Gateway? not JSON{")
             return
+        if fault == "error-in-200":
+            error = {"error": {"message": "Injected error inside a 200 (dev upstream).",
+                               "type": "api_error", "code": "dev_upstream_fault"}}
+            if body.get("stream") is True:
+                self._send(200, "text/event-stream; charset=utf-8",
+                           f"data: {json.dumps(error)}\n\ndata: [DONE]\n\n".encode())
+            else:
+                self._json(200, error)
+            return
+        if fault == "wrong-model":
+            model = WRONG_MODEL
 
         text, finish = reply_for(messages, max_tokens)
         completion = count_tokens(text)
@@ -400,6 +425,7 @@ class _Handler(StandInHandler):
                 finish,
                 usage if include and with_usage else None,
                 include,
+                fault if fault in ("stream-error", "stream-cut") else None,
             )
             return
         response: dict[str, Any] = {
@@ -419,6 +445,10 @@ class _Handler(StandInHandler):
         }
         if with_usage:
             response["usage"] = usage
+        if fault == "stream-cut":  # a non-streamed answer cut off halfway
+            data = json.dumps(response).encode("utf-8")
+            self._send_cut(data[: len(data) // 2], "application/json")
+            return
         self._json(200, response)
 
     def _fault(
@@ -459,6 +489,7 @@ class _Handler(StandInHandler):
         finish: str,
         usage: dict[str, int] | None,
         include_usage: bool,
+        failure: str | None = None,
     ) -> None:
         def chunk(delta: dict[str, Any], finish_reason: str | None) -> dict[str, Any]:
             out: dict[str, Any] = {
@@ -492,8 +523,18 @@ class _Handler(StandInHandler):
                     "usage": usage,
                 }
             )
+        if failure is not None:
+            # The role chunk and PARTIAL_CHUNKS content chunks, then the failure.
+            events = events[: 1 + PARTIAL_CHUNKS]
+            if failure == "stream-error":
+                events.append({"error": {"message": "Injected mid-stream error (dev upstream).",
+                                         "type": "api_error", "code": "dev_upstream_fault"}})
         payload = "".join(f"data: {json.dumps(e, separators=(',', ':'))}\n\n" for e in events)
-        payload += "data: [DONE]\n\n"
+        if failure == "stream-cut":
+            self._send_cut(payload.encode("utf-8"))
+            return
+        if failure is None:
+            payload += "data: [DONE]\n\n"
         self._send(
             200,
             "text/event-stream; charset=utf-8",
@@ -502,6 +543,19 @@ class _Handler(StandInHandler):
         )
 
     # ---- output
+
+    def _send_cut(self, data: bytes, content_type: str = "text/event-stream; charset=utf-8"
+                  ) -> None:
+        """Announce more than ``data`` and close after it: a connection lost mid-answer."""
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data) + 4096))
+        self.send_header(DEV_HEADER, "true")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(data)
+        self.wfile.flush()
+        self.close_connection = True
 
     def _json(self, status: int, body: Any) -> None:
         self._send(status, "application/json", json.dumps(body).encode("utf-8"))

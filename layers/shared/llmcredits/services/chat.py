@@ -13,23 +13,27 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 from llmcredits import jsonexact
+from llmcredits.domain.answer import ensure_routed_model
 from llmcredits.domain.byok import may_have_key, redact
-from llmcredits.domain.pricing import Catalog, Route, prompt_token_bound
+from llmcredits.domain.pricing import Catalog, Route
 from llmcredits.errors import ApiError, UpstreamError
 from llmcredits.models_chat import ChatCompletionRequest
 from llmcredits.money import ZERO, format_money, quantize
 from llmcredits.services.ledger import LedgerService
 
-# Request fields the upstream renders into the prompt besides the messages.
-PROMPT_FIELDS = ("tools", "functions", "tool_choice", "function_call", "response_format")
-
 
 class Reply(Protocol):
     body: dict[str, Any] | None
     chunks: list[dict[str, Any]]
+    models: list[str]
 
     @property
     def usage(self) -> Any: ...
+
+    @property
+    def partial(self) -> bool: ...
+
+    def billable_usage(self, prompt_bound: int, completion_bound: int) -> Any: ...
 
 
 class Upstream(Protocol):
@@ -95,9 +99,10 @@ class ChatService:
         )
         fee_rate = self._byok_fee_rate if api_key else Decimal(1)
 
-        extra = {f: v for f, v in (request.model_extra or {}).items() if f in PROMPT_FIELDS}
+        extra = request.prompt_extras()  # [input] tools, functions, response_format, ...
         messages = [m.model_dump(mode="python", exclude_none=True) for m in request.messages]
-        prompt_bound = prompt_token_bound(messages, extra=extra or None)
+        # [input] Never above the model's context window; an image/file/audio part: it.
+        prompt_bound = self._catalog.prompt_bound(route, messages, extra=extra or None)
         hold_amount = self._price(route, tier, prompt_bound, request.n * max_tokens, fee_rate)
         hold = self._ledger.reserve(
             account,
@@ -118,6 +123,7 @@ class ChatService:
         started = time.monotonic()
         try:
             reply = self._upstream.complete(payload, {"X-Request-Id": request_id})
+            ensure_routed_model(route, reply.models)  # [input] another model: 502, released
         except Exception as exc:
             # 502/504/4xx from the upstream, or anything else: no charge, hold back.
             self._ledger.release(hold, account)
@@ -127,13 +133,16 @@ class ChatService:
             raise
         latency_ms = int((time.monotonic() - started) * 1000)
 
-        usage = reply.usage
+        # [input] Reported usage; a stream cut partway: prompt bound + delivered bytes.
+        usage = reply.billable_usage(prompt_bound, request.n * max_tokens)
         metadata: dict[str, Any] = {
             "request_id": request_id,
             "power_level": route.power_level,
             "byok": bool(api_key),
             "latency_ms": latency_ms,
         }
+        if reply.partial:
+            metadata["partial"] = True  # [input] the upstream's stream failed partway
         tokens = None
         if usage is None:
             # No usage reported: charge the bound we reserved (never more) and say so.
@@ -163,6 +172,8 @@ class ChatService:
             "X-Credits-Charged": format_money(cost),
             "X-Credits-Remaining": format_money(entry.balance_after),
             "X-Request-Id": request_id,
+            # [input] X-Max-Tokens-Clipped: <requested> when max_tokens was lowered.
+            **self._catalog.clip_headers(request.requested_max_tokens(), route),
         }
         if request.stream:
             return ChatResult(200, "text/event-stream", self._sse(reply.chunks, cost), headers,
