@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
@@ -124,6 +125,19 @@ def validation_message(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
     return text, param
 
 
+def _cors() -> Any:
+    """A REST proxy integration adds no CORS headers: the resolver does, for the one
+    origin the template allows (API Gateway answers the preflights)."""
+    from aws_lambda_powertools.event_handler import CORSConfig
+
+    origin = os.environ.get("CORS_ALLOWED_ORIGINS")
+    if not origin:
+        return None
+    return CORSConfig(allow_origin=origin, allow_headers=["Idempotency-Key", "X-Power-Level"],
+                      expose_headers=["X-Credits-Charged", "X-Credits-Remaining", "Retry-After",
+                                      "X-Request-Id"], max_age=600)
+
+
 def make_app() -> APIGatewayRestResolver:
     from aws_lambda_powertools.event_handler import APIGatewayRestResolver
     from aws_lambda_powertools.event_handler.openapi.exceptions import (
@@ -132,6 +146,7 @@ def make_app() -> APIGatewayRestResolver:
     )
 
     app = APIGatewayRestResolver(
+        cors=_cors(),
         enable_validation=True,
         # A response that breaks its model is our bug: 500, never a client 4xx.
         response_validation_error_http_code=500,
