@@ -147,7 +147,7 @@ def response_headers(resp: dict[str, Any]) -> dict[str, str]:
 def usage_stream_records(client: Any, table: str, streams: Any) -> list[dict[str, Any]]:
     """The table's stream so far as Lambda records, through the aggregator's FilterCriteria
     as template.yaml declares them (so the tests feed what Lambda would)."""
-    from llmcredits.local.server import read_stream
+    from llmcredits.local.streams import read_stream
     from llmcredits.local.template import Template
 
     (mapping,) = [e for e in Template(ROOT / "template.yaml").stream_events()

@@ -74,7 +74,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
 def cmd_token(args: argparse.Namespace) -> int:
     """Print a bearer token the local server accepts."""
-    from llmcredits.local.authorizer import issue_token
+    from llmcredits.local.issuer import issue_token
 
     print(issue_token(args.sub, admin=args.admin, ttl=args.ttl))
     return 0
