@@ -10,7 +10,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import field
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
@@ -190,6 +190,7 @@ class Worker(threading.Thread):
         self.stop_event.set()
 
 
+@dataclass
 class _Shard:
     shard_id: str
     iterator: str | None = None
