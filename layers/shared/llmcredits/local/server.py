@@ -39,6 +39,7 @@ from llmcredits.local.gateway import (
     MalformedProxyResponse,
     Refused,
     RestApi,
+    Router,
     build_rest_event,
 )
 from llmcredits.local.http_server import LocalHttpServer, RequestHandler
@@ -317,6 +318,11 @@ class LocalStack:
         os.environ["OIDC_DISCOVERY_URL"] = self.local_url + issuer.DISCOVERY_PATH
         _reset_layer_caches()  # the authorizer's verifier reads OIDC_* once per container
         self.api = RestApi(self.template, resolver.resolve, self.functions.invoke, region())
+
+    @property
+    def router(self) -> Router:
+        assert self.api is not None, "start() the stack first"
+        return self.api.router
 
     @property
     def local_url(self) -> str:
