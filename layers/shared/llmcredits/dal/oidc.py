@@ -31,8 +31,6 @@ JWKS_LIFESPAN_SECONDS = 3600
 
 class OidcJwtVerifier:
     def __init__(self, issuer: str, audience: str, discovery_url: str | None = None) -> None:
-        if not issuer or not audience:
-            raise ValueError("the OIDC issuer and audience must be configured")
         self.issuer = issuer
         self.audience = audience
         self.discovery_url = discovery_url or issuer.rstrip("/") + DISCOVERY_SUFFIX
@@ -40,6 +38,9 @@ class OidcJwtVerifier:
         self._lock = threading.Lock()
 
     def _jwks_client(self) -> jwt.PyJWKClient:
+        if not self.issuer or not self.audience:
+            # A deployment error, not a bad token: the authorizer fails (500), loudly.
+            raise RuntimeError("OIDC_ISSUER and OIDC_AUDIENCE must be configured")
         with self._lock:
             if self._jwks is None:
                 with urllib.request.urlopen(  # noqa: S310 - the configured issuer's URL
@@ -68,10 +69,10 @@ class OidcJwtVerifier:
                 leeway=LEEWAY_SECONDS,
                 options={"require": ["exp", "iss", "aud", "sub"]},
             )
-        except jwt.PyJWKClientConnectionError as exc:
-            # The issuer is unreachable: nobody can be verified. Fail closed (401) and
-            # say so in our logs; API Gateway does not cache a failed authorization.
-            raise InvalidCredential(f"JWKS unreachable: {exc}") from exc
+        except jwt.PyJWKClientConnectionError:
+            # The issuer is unreachable: that proves nothing about the token. Let the
+            # authorizer fail (API Gateway: AUTHORIZER_FAILURE, 503, not cached).
+            raise
         except (jwt.PyJWTError, ValueError) as exc:
             raise InvalidCredential(f"invalid token: {exc}") from exc
         return claims
