@@ -239,3 +239,20 @@ def test_dev_tokens_are_signed_with_the_persisted_key(tmp_path: Path,
 
     claims = jwt.decode(token, jwt.PyJWK(jwk), algorithms=["RS256"], audience=AUD, issuer=ISS)
     assert claims["sub"] == "bob" and ADMIN_SCOPE in claims["scope"]
+
+
+def test_a_login_module_adds_its_endpoints_to_the_issuer(
+    authority: JwtAuthority, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hook local/oidc_login.py uses (authorize + token endpoints with PKCE)."""
+    monkeypatch.setattr(issuer, "EXTRA_PATHS", {})
+    monkeypatch.setattr(issuer, "DISCOVERY_ENDPOINTS", {})
+    assert "authorization_endpoint" not in issuer.discovery_document(authority, "http://h")
+    issuer.register_path("GET", "/oauth2/authorize", lambda q, b, a: (200, [], b"login:" + b),
+                         discovery_field="authorization_endpoint")
+    doc = issuer.discovery_document(authority, "http://h")
+    assert doc["authorization_endpoint"] == "http://h/oauth2/authorize"
+    assert doc["jwks_uri"] == "http://h" + issuer.JWKS_PATH and doc["issuer"] == ISS
+    served = issuer.serve(authority, "http://h", "GET", "/oauth2/authorize", "", lambda: b"x")
+    assert served == (200, [], b"login:x")
+    assert issuer.serve(authority, "http://h", "GET", "/elsewhere", "", lambda: b"") is None

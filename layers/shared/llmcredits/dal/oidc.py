@@ -24,7 +24,8 @@ ALGORITHMS = ("RS256", "ES256")
 #: Clock skew allowed on exp/nbf/iat (the issue allows at most 60 s).
 LEEWAY_SECONDS = 60
 DISCOVERY_SUFFIX = "/.well-known/openid-configuration"
-HTTP_TIMEOUT_SECONDS = 5
+#: Discovery and JWKS each; the authorizer function has 5 s in all.
+HTTP_TIMEOUT_SECONDS = 2
 #: How long fetched signing keys are trusted before the JWKS is read again.
 JWKS_LIFESPAN_SECONDS = 3600
 

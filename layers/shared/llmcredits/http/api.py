@@ -25,6 +25,7 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from llmcredits.domain.principal import ADMIN_SCOPE, KIND_API_KEY, KIND_JWT
 from llmcredits.errors import (
     ApiError,
     Forbidden,
@@ -42,7 +43,6 @@ if TYPE_CHECKING:
     from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 
 API_PREFIX = "/api/v1/llm"
-ADMIN_SCOPE = "llmcredits/admin"
 JSON = "application/json"
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
 
@@ -193,11 +193,6 @@ def make_app() -> APIGatewayRestResolver:
         )
 
     return app
-
-
-#: What the Lambda authorizer puts in its context (DESIGN section 2): the credential kind.
-KIND_JWT = "jwt"
-KIND_API_KEY = "api_key"
 
 
 @dataclass(frozen=True)

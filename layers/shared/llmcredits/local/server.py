@@ -20,6 +20,8 @@ Python API::
 from __future__ import annotations
 
 import contextlib
+import importlib
+import importlib.util
 import json
 import logging
 import os
@@ -69,6 +71,8 @@ STRIPE_WEBHOOK_PATH = "/api/v1/llm/stripe/webhook"
 #: Env var that scales schedule periods (e.g. "0.01" runs rate(1 minute) every 0.6 s).
 SCHEDULE_SCALE_ENV = "LLMCREDITS_LOCAL_SCHEDULE_SCALE"
 DEFAULT_PORT = 3000
+#: The issuer's login pages (authorize + token endpoints), when that module exists.
+LOGIN_MODULE = "llmcredits.local.oidc_login"
 
 
 # -------------------------------------------------------------------- the stack
@@ -315,6 +319,8 @@ class LocalStack:
         if issuer_id != self.issuer.issuer or audience not in self.issuer.audiences:
             self.issuer = JwtAuthority(self.issuer.key_path, issuer=issuer_id,
                                        audience=[audience, *self.issuer.audiences])
+        if importlib.util.find_spec(LOGIN_MODULE) is not None:
+            importlib.import_module(LOGIN_MODULE)  # registers its paths with the issuer
         os.environ["OIDC_DISCOVERY_URL"] = self.local_url + issuer.DISCOVERY_PATH
         _reset_layer_caches()  # the authorizer's verifier reads OIDC_* once per container
         self.api = RestApi(self.template, resolver.resolve, self.functions.invoke, region())
