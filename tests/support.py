@@ -1,4 +1,4 @@
-"""Test helpers: API Gateway HTTP API v2 events and handler invocation."""
+"""Test helpers: API Gateway REST API (v1 proxy) events and handler invocation."""
 
 from __future__ import annotations
 
@@ -58,59 +58,61 @@ def event(
     scopes: list[str] | None = None,
     kind: str = "jwt",
     key_id: str | None = None,
+    resource: str | None = None,
 ) -> dict[str, Any]:
+    """A REST API (v1 proxy) event as API Gateway sends it after our Lambda authorizer
+    allowed the caller: ``sub`` None means a public route (no authorizer context)."""
     hdrs = {k.lower(): v for k, v in (headers or {}).items()}
     if body is not None or raw_body is not None:
         hdrs.setdefault("content-type", "application/json")
-    claims = None
-    if sub is not None:
-        claims = {"sub": sub, "iss": "llmcredits-local", "aud": "llmcredits"}
-        if scopes:
-            claims["scope"] = " ".join(scopes)
-    from urllib.parse import urlencode
-
+    request_id = str(uuid.uuid4())
     return {
-        "version": "2.0",
-        "routeKey": f"{method} {path}",
-        "rawPath": path,
-        "rawQueryString": urlencode(query or {}),
+        "resource": resource or _resource(path, path_params),
+        "path": path,
+        "httpMethod": method,
         "headers": hdrs,
+        "multiValueHeaders": {k: [v] for k, v in hdrs.items()},
         "queryStringParameters": query or None,
+        "multiValueQueryStringParameters": {k: [v] for k, v in query.items()} if query else None,
         "pathParameters": path_params,
+        "stageVariables": None,
         "requestContext": {
             "accountId": "123456789012",
             "apiId": "local",
             "domainName": "localhost",
-            "http": {
-                "method": method,
-                "path": path,
-                "protocol": "HTTP/1.1",
-                "sourceIp": "127.0.0.1",
-                "userAgent": "pytest",
-            },
-            "requestId": uuid.uuid4().hex,
-            "routeKey": f"{method} {path}",
-            "stage": "$default",
-            "time": "27/Nov/2026:08:00:00 +0000",
-            "timeEpoch": 1795766400000,
-            "authorizer": _authorizer(claims, scopes, kind, key_id),
+            "httpMethod": method,
+            "path": f"/v1{path}",
+            "protocol": "HTTP/1.1",
+            "requestId": request_id,
+            "extendedRequestId": request_id,
+            "resourceId": "local",
+            "resourcePath": resource or _resource(path, path_params),
+            "stage": "v1",
+            "identity": {"sourceIp": "127.0.0.1", "userAgent": "pytest"},
+            "requestTime": "27/Nov/2026:08:00:00 +0000",
+            "requestTimeEpoch": 1795766400000,
+            **({"authorizer": authorizer_context(sub, scopes, kind, key_id)}
+               if sub is not None else {}),
         },
         "body": raw_body if raw_body is not None else (None if body is None else json.dumps(body)),
         "isBase64Encoded": False,
     }
 
 
-def _authorizer(
-    claims: dict[str, Any] | None, scopes: list[str] | None, kind: str, key_id: str | None
-) -> dict[str, Any] | None:
-    """What the authorizer hands the function: JWT claims, or (for an API key) the
-    Lambda authorizer's context."""
-    if not claims:
-        return None
-    if kind == "api_key":
-        return {"lambda": {"user_id": claims["sub"], "kind": kind, "key_id": key_id or "",
-                           "scopes": " ".join(scopes or [])}}
-    return {"jwt": {"claims": claims, "scopes": scopes}}
+def _resource(path: str, path_params: dict[str, str] | None) -> str:
+    """The route template of ``path``: each path parameter's value back to ``{name}``."""
+    resource = path
+    for name, value in (path_params or {}).items():
+        resource = resource.replace(f"/{value}", f"/{{{name}}}", 1)
+    return resource
+
+
+def authorizer_context(
+    sub: str, scopes: list[str] | None, kind: str = "jwt", key_id: str | None = None
+) -> dict[str, Any]:
+    """What the Lambda authorizer hands the function (context values are strings)."""
+    return {"principalId": sub, "user_id": sub, "kind": kind, "key_id": key_id or "",
+            "scopes": " ".join(scopes or []), "integrationLatency": 0}
 
 
 class Context:
@@ -130,13 +132,22 @@ def invoke(function: str, evt: dict[str, Any]) -> tuple[int, dict[str, str], Any
     resp = module.lambda_handler(evt, Context())
     body = resp.get("body")
     parsed = json.loads(body) if body else None
-    return resp["statusCode"], resp.get("headers", {}), parsed
+    return resp["statusCode"], response_headers(resp), parsed
+
+
+def response_headers(resp: dict[str, Any]) -> dict[str, str]:
+    """One value per header of a v1 proxy response (the REST resolver answers in
+    ``multiValueHeaders``; API Gateway merges them with ``headers``)."""
+    merged = {str(k): ",".join(map(str, v)) for k, v in
+              (resp.get("multiValueHeaders") or {}).items()}
+    merged.update({str(k): str(v) for k, v in (resp.get("headers") or {}).items()})
+    return merged
 
 
 def usage_stream_records(client: Any, table: str, streams: Any) -> list[dict[str, Any]]:
     """The table's stream so far as Lambda records, through the aggregator's FilterCriteria
     as template.yaml declares them (so the tests feed what Lambda would)."""
-    from llmcredits.local.server import read_stream
+    from llmcredits.local.streams import read_stream
     from llmcredits.local.template import Template
 
     (mapping,) = [e for e in Template(ROOT / "template.yaml").stream_events()

@@ -1,7 +1,7 @@
 """Security through the local stack: tenant isolation, admin scope, token validation, body limits.
 
-Every request goes over HTTP through the emulated HTTP API (JWT authorizer included), as
-a client on the internet would send it.
+Every request goes over HTTP through the emulated REST API (the real Lambda authorizer
+included), as a client on the internet would send it.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
-from llmcredits.local.authorizer import JwtAuthority, b64url_encode
+from llmcredits.local.issuer import JwtAuthority, b64url_encode
 
 API = "/api/v1/llm"
 pytestmark = pytest.mark.filterwarnings("ignore:No application metrics:UserWarning")
@@ -246,7 +246,7 @@ def test_invalid_tokens_are_refused_as_api_gateway_would(stack, http, tenants, t
                                     {"amount": "100"})):
             resp = http.request(method, path, json=body, headers=bearer(token))
             assert resp.status_code == 401, (name, path, resp.text)
-            assert resp.json()["message"] == "Unauthorized", (name, resp.text)
+            assert resp.json()["error"]["code"] == "invalid_token", (name, resp.text)
     assert http.get("/credits").status_code == 401  # no token at all
     assert http.get("/credits", headers={"Authorization": "Basic YTpi"}).status_code == 401
     assert balance(http, tenants[ALICE]) == before
@@ -275,9 +275,9 @@ def test_bodies_over_the_limit_are_413(http, tenants):
     fits = json.dumps({"model": "auto", "max_tokens": 1,
                        "messages": [{"role": "user", "content": "y" * 100_000}]}).encode()
     assert http.post("/chat/completions", content=fits, headers=alice).status_code != 413
-    # Over the HTTP API's 10 MB: the gateway answers (no function runs).
+    # Over the REST API's 10 MB: the gateway answers (no function runs).
     huge = b"{" + b" " * (10 * 1024 * 1024 + 1) + b"}"
     resp = http.put("/credits/monthly-cap", content=huge, headers=alice)
-    assert resp.status_code == 413 and "message" in resp.json()
+    assert_error(resp, 413, "request_too_large")
     assert http.get("/credits", headers=alice).json()["monthly_cap"] is None
     assert Decimal(balance(http, alice)) <= Decimal(before)  # only the small chat charged

@@ -1,6 +1,6 @@
 """GET /usage on the local stack converges to the ledger (issue 6 must-show).
 
-Chat traffic goes through the HTTP API; the stack's stream worker feeds the table's
+Chat traffic goes through the REST API; the stack's stream worker feeds the table's
 stream to the usage aggregator as Lambda's event source mapping would (filter, batch
 size, partial batch responses); GET /usage is polled until it equals the totals of the
 usage ledger (GET /credits/history?type=usage), within ~10 s. Runs on the embedded
@@ -98,9 +98,9 @@ SNIPPET = """\
               Resource: !GetAtt LedgerTable.Arn
       Events:
         Route:
-          Type: HttpApi
+          Type: Api
           Properties:
-            ApiId: !Ref HttpApi
+            RestApiId: !Ref RestApi
             Path: /api/v1/llm/usage
             Method: GET
 

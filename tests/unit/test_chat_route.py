@@ -11,7 +11,7 @@ import pytest
 from llmcredits import bootstrap
 from llmcredits.domain.pricing import catalog
 
-from tests.support import event, invoke
+from tests.support import event, invoke, response_headers
 
 BALANCED = "together_ai/meta-llama/Llama-3.3-70B-Instruct-Turbo"
 PRECISION = "openai/gpt-4o"
@@ -81,14 +81,14 @@ def test_stream_is_a_complete_event_stream_with_usage_and_cost(upstream):
     from tests.support import FUNCTIONS, Context
     resp = import_handler(FUNCTIONS / "chat_completions" / "app.py").lambda_handler(evt, Context())
     assert resp["statusCode"] == 200
-    assert resp["headers"]["Content-Type"] == "text/event-stream"
+    assert response_headers(resp)["Content-Type"] == "text/event-stream"
     events = [line[6:] for line in resp["body"].split("\n\n") if line.startswith("data: ")]
     assert events[-1] == "[DONE]"
     chunks = [json.loads(e) for e in events[:-1]]
     text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
     assert text.startswith("[dev upstream]")
     usage = chunks[-1]["usage"]
-    assert f"{Decimal(str(usage['cost'])):.6f}" == resp["headers"]["X-Credits-Charged"]
+    assert f"{Decimal(str(usage['cost'])):.6f}" == response_headers(resp)["X-Credits-Charged"]
     assert upstream.requests[-1].body["stream_options"] == {"include_usage": True}
 
 

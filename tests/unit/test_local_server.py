@@ -1,5 +1,6 @@
-"""The local stack (``make dev``): routing, the HTTP API v2 event, gateway errors,
-stream and schedule workers, and the serialized embedded DynamoDB.
+"""The local stack (``make dev``): routing, the REST API v1 event, the Lambda authorizer
+(invoked, cached, its policy evaluated), gateway responses, stream and schedule workers,
+and the serialized embedded DynamoDB.
 
 Runs against a small fake template and fake functions under tmp_path.
 """
@@ -18,10 +19,11 @@ from typing import Any
 
 import httpx
 import pytest
-from llmcredits.local import server as local_server
-from llmcredits.local.authorizer import ADMIN_SCOPE, JwtAuthority
-from llmcredits.local.server import MAX_REQUEST_BODY_BYTES as DEFAULT_LIMIT
-from llmcredits.local.server import LocalStack, filter_matches
+from llmcredits.local import gateway
+from llmcredits.local.gateway import MAX_REQUEST_BODY_BYTES as DEFAULT_LIMIT
+from llmcredits.local.issuer import JwtAuthority
+from llmcredits.local.server import LocalStack
+from llmcredits.local.streams import filter_matches
 from llmcredits.local.template import Template, rate_seconds
 
 TEMPLATE = """\
@@ -37,6 +39,9 @@ Parameters:
     Default: hello
   LiteLLMProxyUrl:
     Type: String
+  AuthTtl:
+    Type: Number
+    Default: 300
 Conditions:
   IsProd: !Equals [!Ref Greeting, prod]
 Globals:
@@ -55,18 +60,44 @@ Globals:
         LITELLM_PROXY_URL: !Ref LiteLLMProxyUrl
         LITELLM_MASTER_KEY_PARAM: /llmcredits/litellm-master-key
 Resources:
-  HttpApi:
-    Type: AWS::Serverless::HttpApi
+  RestApi:
+    Type: AWS::Serverless::Api
     Properties:
+      StageName: live
       Auth:
-        DefaultAuthorizer: JwtAuthorizer
+        DefaultAuthorizer: FakeAuthorizer
         Authorizers:
-          JwtAuthorizer:
-            IdentitySource: $request.header.Authorization
-            JwtConfiguration:
-              issuer: !Ref JwtIssuer
-              audience:
-                - !Ref JwtAudience
+          FakeAuthorizer:
+            FunctionPayloadType: REQUEST
+            FunctionArn: !GetAtt AuthFunction.Arn
+            Identity:
+              Headers: [Authorization]
+              ReauthorizeEvery: !Ref AuthTtl
+      GatewayResponses:
+        UNAUTHORIZED:
+          StatusCode: 401
+          ResponseParameters:
+            Headers:
+              WWW-Authenticate: "'Bearer'"
+          ResponseTemplates:
+            application/json: >-
+              {"error":{"message":"no","type":"authentication_error","code":"invalid_token",
+              "param":null}}
+        MISSING_AUTHENTICATION_TOKEN:
+          StatusCode: 404
+          ResponseTemplates:
+            application/json: >-
+              {"error":{"message":"unknown","type":"invalid_request_error",
+              "code":"route_not_found","param":null}}
+        DEFAULT_4XX:
+          ResponseTemplates:
+            application/json: >-
+              {"error":{"message":$context.error.messageString,"type":"invalid_request_error",
+              "code":"$context.error.responseType","param":null}}
+  AuthFunction:
+    Type: AWS::Serverless::Function
+    Properties:
+      CodeUri: fn_auth/
   Table:
     Type: AWS::DynamoDB::Table
     Properties:
@@ -101,28 +132,25 @@ Resources:
       CodeUri: fn_echo/
       Events:
         Item:
-          Type: HttpApi
+          Type: Api
           Properties:
-            ApiId: !Ref HttpApi
+            RestApiId: !Ref RestApi
             Path: /api/items/{id}
             Method: GET
         Echo:
-          Type: HttpApi
+          Type: Api
           Properties:
-            ApiId: !Ref HttpApi
+            RestApiId: !Ref RestApi
             Path: /api/echo
             Method: ANY
             Auth:
               Authorizer: NONE
         Admin:
-          Type: HttpApi
+          Type: Api
           Properties:
-            ApiId: !Ref HttpApi
+            RestApiId: !Ref RestApi
             Path: /api/admin/{proxy+}
             Method: POST
-            Auth:
-              Authorizer: JwtAuthorizer
-              AuthorizationScopes: [llmcredits/admin]
   TwoFunction:
     Type: AWS::Serverless::Function
     Properties:
@@ -130,17 +158,17 @@ Resources:
       MemorySize: 1024
       Events:
         Two:
-          Type: HttpApi
+          Type: Api
           Properties:
-            ApiId: !Ref HttpApi
+            RestApiId: !Ref RestApi
             Path: /api/two
             Method: GET
             Auth:
               Authorizer: NONE
         Special:
-          Type: HttpApi
+          Type: Api
           Properties:
-            ApiId: !Ref HttpApi
+            RestApiId: !Ref RestApi
             Path: /api/items/special
             Method: GET
             Auth:
@@ -151,17 +179,17 @@ Resources:
       CodeUri: fn_boom/
       Events:
         Boom:
-          Type: HttpApi
+          Type: Api
           Properties:
-            ApiId: !Ref HttpApi
+            RestApiId: !Ref RestApi
             Path: /api/boom
             Method: GET
             Auth:
               Authorizer: NONE
         Bin:
-          Type: HttpApi
+          Type: Api
           Properties:
-            ApiId: !Ref HttpApi
+            RestApiId: !Ref RestApi
             Path: /api/bin
             Method: GET
             Auth:
@@ -172,9 +200,9 @@ Resources:
       CodeUri: fn_slow/
       Events:
         Slow:
-          Type: HttpApi
+          Type: Api
           Properties:
-            ApiId: !Ref HttpApi
+            RestApiId: !Ref RestApi
             Path: /api/slow
             Method: GET
             Auth:
@@ -223,6 +251,36 @@ Resources:
 """
 
 FUNCTIONS: dict[str, dict[str, str]] = {
+    "fn_auth": {
+        "app.py": """
+            import os
+
+            def lambda_handler(event, context):
+                with open(os.path.join(os.environ["OUT_DIR"], "auth.log"), "a") as fh:
+                    fh.write(event["headers"].get("Authorization", "") + "\\n")
+                assert event["type"] == "REQUEST" and "body" not in event
+                credential = event["headers"]["Authorization"].split(" ", 1)[1]
+                stage = "/".join(event["methodArn"].split("/")[:2])
+                kind, _, sub = credential.partition("-")
+                if kind == "user":
+                    allowed = [stage + "/GET/api/items/*"]
+                elif kind == "admin":
+                    allowed = [stage + "/*"]
+                elif kind == "deny":
+                    return {"principalId": sub, "policyDocument": {"Version": "2012-10-17",
+                            "Statement": [{"Action": "execute-api:Invoke", "Effect": "Deny",
+                                           "Resource": stage + "/*"}]}}
+                elif kind == "crash":
+                    raise RuntimeError("bug")
+                else:
+                    raise Exception("Unauthorized")
+                return {"principalId": sub, "context": {"user_id": sub, "kind": kind, "n": 3,
+                                                        "flag": True},
+                        "policyDocument": {"Version": "2012-10-17", "Statement": [
+                            {"Action": "execute-api:Invoke", "Effect": "Allow",
+                             "Resource": allowed}]}}
+        """,
+    },
     "fn_echo": {
         "helper.py": 'NAME = "echo"\n',
         "app.py": """
@@ -265,7 +323,7 @@ FUNCTIONS: dict[str, dict[str, str]] = {
             import base64
 
             def lambda_handler(event, context):
-                if event["rawPath"].endswith("/bin"):
+                if event["path"].endswith("/bin"):
                     return {"statusCode": 201, "isBase64Encoded": True,
                             "headers": {"content-type": "application/octet-stream"},
                             "body": base64.b64encode(bytes(range(256))).decode()}
@@ -274,14 +332,15 @@ FUNCTIONS: dict[str, dict[str, str]] = {
     },
     "fn_slow": {
         "app.py": """
-            import time
+            import json, time
 
             STATE = {}  # module globals, like a Powertools resolver's current_event
 
             def lambda_handler(event, context):
                 STATE["request"] = event["requestContext"]["requestId"]
                 time.sleep(0.05)
-                return {"same": STATE["request"] == event["requestContext"]["requestId"]}
+                same = STATE["request"] == event["requestContext"]["requestId"]
+                return {"statusCode": 200, "body": json.dumps({"same": same})}
         """,
     },
     "fn_agg": {
@@ -376,8 +435,9 @@ def client(stack: LocalStack) -> Iterator[httpx.Client]:
         yield c
 
 
-def _bearer(stack: LocalStack, admin: bool = False) -> dict[str, str]:
-    return {"Authorization": "Bearer " + stack.issue_token("alice", admin=admin)}
+def _bearer(kind: str = "user", sub: str = "alice") -> dict[str, str]:
+    """A credential the fake authorizer (fn_auth) understands: user-, admin-, deny-..."""
+    return {"Authorization": f"Bearer {kind}-{sub}"}
 
 
 # ------------------------------------------------------------------ template
@@ -386,11 +446,14 @@ def _bearer(stack: LocalStack, admin: bool = False) -> dict[str, str]:
 def test_template_extraction(project: Path) -> None:
     t = Template(project)
     keys = {(r.method, r.path): r for r in t.routes()}
-    assert keys[("GET", "/api/items/{id}")].authorizer == "JwtAuthorizer"
+    assert keys[("GET", "/api/items/{id}")].authorizer == "FakeAuthorizer"
     assert keys[("ANY", "/api/echo")].authorizer is None
-    assert keys[("POST", "/api/admin/{proxy+}")].scopes == [ADMIN_SCOPE]
+    assert keys[("POST", "/api/admin/{proxy+}")].authorizer == "FakeAuthorizer"
     assert keys[("GET", "/api/two")].code_uri == "fn_two/"
     assert keys[("GET", "/api/items/{id}")].route_key == "GET /api/items/{id}"
+    (auth,) = t.lambda_authorizers().values()
+    assert auth.function_id == "AuthFunction" and auth.identity_headers == ["Authorization"]
+    assert auth.ttl == {"Ref": "AuthTtl"}
     (stream,) = t.stream_events()
     assert stream.table_id == "Table" and stream.batch_size == 2
     assert stream.report_batch_item_failures and stream.starting_position == "TRIM_HORIZON"
@@ -411,9 +474,10 @@ def test_real_template_parses() -> None:
     t = Template(Path(__file__).resolve().parents[2] / "template.yaml")
     routes = {r.route_key: r for r in t.routes()}
     assert routes["GET /api/v1/llm/health"].authorizer is None
-    assert routes["GET /api/v1/llm/credits"].authorizer == "JwtAuthorizer"
-    admin = [r for r in t.routes() if "/admin/" in r.path]
-    assert admin and all(r.scopes == [ADMIN_SCOPE] for r in admin)
+    assert routes["POST /api/v1/llm/stripe/webhook"].authorizer is None
+    assert routes["GET /api/v1/llm/credits"].authorizer == "CredentialAuthorizer"
+    assert t.lambda_authorizers()["CredentialAuthorizer"].function_id == "AuthorizerFunction"
+    assert "MISSING_AUTHENTICATION_TOKEN" in t.gateway_responses()
 
 
 # ------------------------------------------------------------------- routing
@@ -421,46 +485,35 @@ def test_real_template_parses() -> None:
 
 def test_event_shape(stack: LocalStack, client: httpx.Client) -> None:
     headers = [
-        ("Authorization", _bearer(stack)["Authorization"]),
+        ("Authorization", _bearer()["Authorization"]),
         ("X-Dup", "1"),
         ("X-Dup", "2"),
-        ("Cookie", "a=1; b=2"),
         ("User-Agent", "pytest-agent"),
     ]
     resp = client.get("/api/items/abc%20d?x=1&x=2&y=&z=%2F", headers=headers)
     assert resp.status_code == 200, resp.text
     data = resp.json()
     event = data["event"]
-    assert event["version"] == "2.0"
-    assert event["routeKey"] == "GET /api/items/{id}"
-    assert event["rawPath"] == "/api/items/abc%20d"
-    assert event["rawQueryString"] == "x=1&x=2&y=&z=%2F"
-    assert event["queryStringParameters"] == {"x": "1,2", "y": "", "z": "/"}
+    assert event["resource"] == "/api/items/{id}"
+    assert event["path"] == "/api/items/abc%20d"
+    assert event["httpMethod"] == "GET"
+    assert event["queryStringParameters"] == {"x": "2", "y": "", "z": "/"}
+    assert event["multiValueQueryStringParameters"] == {"x": ["1", "2"], "y": [""], "z": ["/"]}
     assert event["pathParameters"] == {"id": "abc d"}
-    assert event["cookies"] == ["a=1", "b=2"]
-    assert event["headers"]["x-dup"] == "1,2"
-    assert "cookie" not in event["headers"]
-    assert all(k == k.lower() for k in event["headers"])
+    assert event["headers"]["X-Dup"] == "2"  # the last value, the client's casing
+    assert event["multiValueHeaders"]["X-Dup"] == ["1", "2"]
     assert event["isBase64Encoded"] is False
-    assert "body" not in event
+    assert event["body"] is None
     ctx = event["requestContext"]
-    assert ctx["stage"] == "$default"
-    assert ctx["routeKey"] == "GET /api/items/{id}"
-    assert ctx["http"] == {
-        "method": "GET",
-        "path": "/api/items/abc%20d",
-        "protocol": "HTTP/1.1",
-        "sourceIp": "127.0.0.1",
-        "userAgent": "pytest-agent",
-    }
+    assert ctx["resourcePath"] == "/api/items/{id}" and ctx["httpMethod"] == "GET"
+    assert ctx["identity"] == {"sourceIp": "127.0.0.1", "userAgent": "pytest-agent"}
     assert ctx["accountId"] and ctx["apiId"] and ctx["requestId"] and ctx["domainName"]
-    assert isinstance(ctx["timeEpoch"], int) and "/" in ctx["time"]
-    jwt = ctx["authorizer"]["jwt"]
-    assert jwt["claims"]["sub"] == "alice"
-    assert jwt["claims"]["aud"] == "llmcredits"
-    assert isinstance(jwt["claims"]["exp"], str)
-    assert jwt["scopes"] is None
-    assert resp.headers["apigw-requestid"] == ctx["requestId"]
+    assert isinstance(ctx["requestTimeEpoch"], int) and "/" in ctx["requestTime"]
+    # the authorizer's context, values as strings, plus principalId
+    auth = ctx["authorizer"]
+    assert auth["user_id"] == "alice" and auth["principalId"] == "alice"
+    assert auth["n"] == "3" and auth["flag"] == "true"
+    assert resp.headers["x-amzn-requestid"] == ctx["requestId"]
     # Lambda context and environment.
     context = data["context"]
     assert context["function_name"].endswith("EchoFunction")
@@ -490,9 +543,8 @@ def test_response_mapping(client: httpx.Client) -> None:
     assert resp.status_code == 200
     assert resp.headers["x-fn"] == "echo"
     assert resp.headers.get_list("x-multi") == ["a", "b"]
-    assert resp.headers.get_list("set-cookie") == ["c1=v1", "c2=v2; Path=/"]
     event = resp.json()["event"]
-    assert event["routeKey"] == "ANY /api/echo"
+    assert event["resource"] == "/api/echo" and event["httpMethod"] == "POST"
     assert "authorizer" not in event["requestContext"]
     assert event["isBase64Encoded"] is False
     assert json.loads(event["body"]) == {"amount": "1.50"}
@@ -506,33 +558,30 @@ def test_binary_request_body_is_base64(client: httpx.Client) -> None:
     event = resp.json()["event"]
     assert event["isBase64Encoded"] is True
     assert base64.b64decode(event["body"]) == raw
-    assert event["requestContext"]["http"]["method"] == "PUT"
+    assert event["httpMethod"] == "PUT"
 
 
-def test_binary_response_and_plain_dict(client: httpx.Client) -> None:
+def test_binary_response_and_a_malformed_one(client: httpx.Client) -> None:
     resp = client.get("/api/bin")
     assert resp.status_code == 201
     assert resp.content == bytes(range(256))
+    # A REST proxy integration needs statusCode: a plain dict is a malformed response.
     plain = client.get("/api/two")
-    assert plain.status_code == 200
-    assert plain.headers["content-type"] == "application/json"
-    assert "12.500000" in plain.text  # exact, never through float
-    body = json.loads(plain.text, parse_float=Decimal)
-    assert body == {"name": "two", "amount": Decimal("12.500000"), "memory": 1024}
+    assert plain.status_code == 502, plain.text
 
 
 def test_static_route_beats_path_parameter(stack: LocalStack, client: httpx.Client) -> None:
-    assert client.get("/api/items/special").json()["name"] == "two"
+    assert client.get("/api/items/special").status_code == 502  # TwoFunction, not Echo
     # Sibling modules named alike (helper.py) stay separate per function.
-    assert client.get("/api/items/x", headers=_bearer(stack)).headers["x-fn"] == "echo"
+    assert client.get("/api/items/x", headers=_bearer()).headers["x-fn"] == "echo"
 
 
-def test_greedy_path_and_scopes(stack: LocalStack, client: httpx.Client) -> None:
-    resp = client.post("/api/admin/users/u1/credits", headers=_bearer(stack, admin=True))
+def test_greedy_path(client: httpx.Client) -> None:
+    resp = client.post("/api/admin/users/u1/credits", headers=_bearer("admin"))
     assert resp.status_code == 200
     event = resp.json()["event"]
     assert event["pathParameters"] == {"proxy": "users/u1/credits"}
-    assert event["requestContext"]["authorizer"]["jwt"]["scopes"] == [ADMIN_SCOPE]
+    assert event["requestContext"]["authorizer"]["kind"] == "admin"
 
 
 def test_one_request_at_a_time_per_execution_environment(stack: LocalStack) -> None:
@@ -551,73 +600,128 @@ def test_one_request_at_a_time_per_execution_environment(stack: LocalStack) -> N
     assert 2 <= stack.functions.environments("SlowFunction") <= 8
 
 
-# ------------------------------------------------------------- gateway errors
+def test_64_concurrent_clients_are_never_refused(stack: LocalStack) -> None:
+    """Issue 15 item 8: the listen backlog and one thread per connection."""
+    barrier = threading.Barrier(64)
+    statuses: list[int] = []
+
+    def call() -> None:
+        with httpx.Client(base_url=stack.base_url, timeout=30) as c:
+            barrier.wait()
+            statuses.append(c.post("/api/echo", json={}).status_code)
+
+    threads = [threading.Thread(target=call) for _ in range(64)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert statuses == [200] * 64
 
 
-def _assert_error(
-    resp: httpx.Response, status: int, message: str, err_type: str, code: str
+# ------------------------------------------------------------- authorizer
+
+
+def _auth_calls(out_dir: Path) -> list[str]:
+    path = out_dir / "auth.log"
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def test_authorizer_answer_is_cached_per_header_and_reused_for_other_routes(
+    stack: LocalStack, client: httpx.Client, out_dir: Path
 ) -> None:
-    assert resp.status_code == status, resp.text
-    body = resp.json()
-    assert body["message"] == message
-    assert body["error"]["type"] == err_type
-    assert body["error"]["code"] == code
-    assert body["error"]["param"] is None
-    assert body["error"]["message"]
+    header = _bearer("admin", "cache-me")
+    before = _auth_calls(out_dir).count(header["Authorization"])
+    assert client.get("/api/items/1", headers=header).status_code == 200
+    assert client.get("/api/items/2", headers=header).status_code == 200
+    assert client.post("/api/admin/x", headers=header).status_code == 200
+    assert _auth_calls(out_dir).count(header["Authorization"]) == before + 1
+    assert stack.api is not None and stack.api.authorizers["FakeAuthorizer"].ttl == 300
 
 
-def test_unauthorized(stack: LocalStack, client: httpx.Client) -> None:
-    _assert_error(
-        client.get("/api/items/1"), 401, "Unauthorized", "authentication_error", "invalid_token"
-    )
-    resp = client.get("/api/items/1", headers={"Authorization": "Bearer not.a.jwt"})
-    _assert_error(resp, 401, "Unauthorized", "authentication_error", "invalid_token")
-    assert resp.headers["www-authenticate"].startswith("Bearer")
-    other = JwtAuthority(key_path=Path(stack.authority.key_path).parent / "other.pem")
-    forged = {"Authorization": "Bearer " + other.issue_token("alice")}
-    _assert_error(
-        client.get("/api/items/1", headers=forged),
-        401,
-        "Unauthorized",
-        "authentication_error",
-        "invalid_token",
-    )
+def test_policy_is_evaluated_against_the_method_arn(client: httpx.Client) -> None:
+    # a user's policy lists GET /api/items/* only: the cached answer denies the admin route
+    assert client.get("/api/items/1", headers=_bearer("user", "bob")).status_code == 200
+    denied = client.post("/api/admin/x", headers=_bearer("user", "bob"))
+    assert denied.status_code == 403
+    assert denied.json()["error"]["code"] == "ACCESS_DENIED"  # DEFAULT_4XX of the template
+    assert client.get("/api/items/1", headers=_bearer("deny")).status_code == 403
 
 
-def test_forbidden_without_scope(stack: LocalStack, client: httpx.Client) -> None:
-    resp = client.post("/api/admin/users/u1", headers=_bearer(stack))
-    _assert_error(resp, 403, "Forbidden", "permission_error", "insufficient_scope")
+def test_unauthorized(client: httpx.Client, out_dir: Path) -> None:
+    before = len(_auth_calls(out_dir))
+    missing = client.get("/api/items/1")  # no identity source: the authorizer is not asked
+    assert missing.status_code == 401 and missing.json()["error"]["code"] == "invalid_token"
+    assert missing.headers["www-authenticate"] == "Bearer"
+    assert len(_auth_calls(out_dir)) == before
+    refused = client.get("/api/items/1", headers={"Authorization": "Bearer nobody"})
+    assert refused.status_code == 401 and refused.json()["error"]["type"] == (
+        "authentication_error")
+    crashed = client.get("/api/items/1", headers=_bearer("crash"))
+    assert crashed.status_code == 500  # AUTHORIZER_FAILURE, never the function
 
 
 def test_not_found(client: httpx.Client) -> None:
-    _assert_error(
-        client.get("/api/nope"), 404, "Not Found", "invalid_request_error", "route_not_found"
-    )
-    # Known path, wrong method: API Gateway HTTP APIs answer 404 as well.
-    _assert_error(
-        client.delete("/api/two"), 404, "Not Found", "invalid_request_error", "route_not_found"
-    )
-    _assert_error(
-        client.get("/api/admin/x"), 404, "Not Found", "invalid_request_error", "route_not_found"
-    )
+    for resp in (client.get("/api/nope"), client.delete("/api/two"),
+                 client.request("TRACE", "/api/two"), client.get("/api/admin")):
+        assert resp.status_code == 404, resp.text
+        assert resp.json() == {"error": {"message": "unknown", "type": "invalid_request_error",
+                                         "code": "route_not_found", "param": None}}
 
 
 def test_body_too_large(stack: LocalStack, out_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(local_server, "MAX_REQUEST_BODY_BYTES", 1024)
+    monkeypatch.setattr(gateway, "MAX_REQUEST_BODY_BYTES", 1024)
     with httpx.Client(base_url=stack.base_url, timeout=10) as c:
         ok = c.post("/api/echo", content=b"x" * 1024)
         assert ok.status_code == 200
         resp = c.post("/api/echo", content=b"x" * 1025)
-        _assert_error(
-            resp, 413, "Request Entity Too Large", "invalid_request_error", "request_too_large"
-        )
-    assert DEFAULT_LIMIT == 10 * 1024 * 1024  # the HTTP API limit, outside this test
+        assert resp.status_code == 413
+        assert resp.json()["error"]["code"] == "REQUEST_TOO_LARGE"
+    assert DEFAULT_LIMIT == 10 * 1024 * 1024  # the REST API limit, outside this test
 
 
-def test_handler_exception_is_500(client: httpx.Client, capsys: pytest.CaptureFixture[str]) -> None:
+def test_handler_exception_is_502(client: httpx.Client) -> None:
     resp = client.get("/api/boom")
-    assert resp.status_code == 500
-    assert resp.json() == {"message": "Internal Server Error"}
+    assert resp.status_code == 502  # API Gateway's answer to a function that crashed
+    assert resp.json() == {"message": "Internal server error"}  # no DEFAULT_5XX here
+
+
+def test_streamed_body_is_sent_chunk_by_chunk() -> None:
+    """The streaming-ready path of the HTTP server: chunked, each chunk flushed."""
+    import socket
+
+    from llmcredits.local.gateway import HttpResponse
+    from llmcredits.local.http_server import LocalHttpServer, RequestHandler
+
+    released = threading.Event()
+
+    def chunks() -> Iterator[bytes]:
+        yield b"first"
+        released.wait(5)
+        yield b"second"
+
+    class FakeStack:
+        def handle_request(self, **_: Any) -> tuple[HttpResponse, str]:
+            return HttpResponse(200, [("content-type", "text/event-stream")],
+                                chunks=chunks()), "fn"
+
+    handler = type("H", (RequestHandler,), {"stack": FakeStack()})
+    server = LocalHttpServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with socket.create_connection(server.server_address[:2], timeout=5) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            got = b""
+            while b"first" not in got:
+                got += sock.recv(4096)
+            assert b"second" not in got and b"transfer-encoding: chunked" in got.lower()
+            released.set()
+            while not got.endswith(b"0\r\n\r\n"):
+                got += sock.recv(4096)
+            assert b"6\r\nsecond\r\n" in got
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 # ------------------------------------------------------------------- workers
@@ -827,5 +931,5 @@ def test_dynamodb_endpoint_mode(
         _wait_for(lambda: any(p["sk"] == "LEDGER#ddbl" for p in _lines(out / "processed.jsonl")))
         assert _race(s.dynamodb_client, table) == 100
         with httpx.Client(base_url=s.base_url) as c:
-            resp = c.get("/api/items/1", headers={"Authorization": "Bearer " + s.issue_token("u")})
+            resp = c.get("/api/items/1", headers=_bearer("user", "u"))
             assert resp.json()["env"]["TABLE_NAME"] == table

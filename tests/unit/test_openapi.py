@@ -16,7 +16,7 @@ def test_served_document_lists_every_route_of_the_template():
     assert status == 200 and doc["openapi"].startswith("3.")
     for res in template()["Resources"].values():
         for evt in res.get("Properties", {}).get("Events", {}).values():
-            if evt["Type"] == "HttpApi":
+            if evt["Type"] == "Api":
                 path, method = evt["Properties"]["Path"], evt["Properties"]["Method"].lower()
                 assert method in doc["paths"][path], f"{method} {path} missing"
 
@@ -27,8 +27,18 @@ def test_money_is_a_string_in_the_schema():
     assert credits["balance"]["type"] == "string"
 
 
-def test_public_routes_need_no_token_and_the_rest_do():
+def test_each_route_names_the_credentials_the_authorizer_accepts_for_it():
     doc = load_document()
-    assert doc["paths"]["/api/v1/llm/health"]["get"]["security"] == []
-    assert doc["security"] == [{"bearer": []}]
-    assert "security" not in doc["paths"]["/api/v1/llm/credits"]["get"]
+    schemes = doc["components"]["securitySchemes"]
+    assert {"loginToken", "apiKey"} == set(schemes)
+    assert schemes["loginToken"]["bearerFormat"] == "JWT"
+    paths = doc["paths"]
+    assert paths["/api/v1/llm/health"]["get"]["security"] == []
+    assert paths["/api/v1/llm/stripe/webhook"]["post"]["security"] == []
+    either = [{"loginToken": []}, {"apiKey": []}]
+    assert paths["/api/v1/llm/credits"]["get"]["security"] == either
+    assert paths["/api/v1/llm/chat/completions"]["post"]["security"] == either
+    jwt_only = [{"loginToken": []}]
+    assert paths["/api/v1/llm/credits/purchase"]["post"]["security"] == jwt_only
+    assert paths["/api/v1/llm/admin/users/{user_id}"]["get"]["security"] == jwt_only
+    assert all("security" in op for ops in paths.values() for op in ops.values())

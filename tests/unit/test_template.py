@@ -53,19 +53,77 @@ def test_every_function_has_code_and_every_handler_is_deployed():
     assert dirs == code_uris
 
 
-def test_routes_match_handlers_and_admin_routes_need_the_admin_scope():
-    for name, res in functions().items():
-        for evt in res["Properties"].get("Events", {}).values():
-            if evt["Type"] != "HttpApi":
-                continue
-            props = evt["Properties"]
-            path = props["Path"]
-            assert path.startswith("/api/v1/llm/"), name
-            source = (ROOT / res["Properties"]["CodeUri"] / "app.py").read_text()
-            assert path.replace("{", "<").replace("}", ">").removeprefix("/api/v1/llm") in source
-            scopes = props.get("Auth", {}).get("AuthorizationScopes")
-            if "/admin/" in path:
-                assert scopes == ["llmcredits/admin"], name
+def api_events() -> list[tuple[str, dict]]:
+    return [(name, evt["Properties"]) for name, res in functions().items()
+            for evt in res["Properties"].get("Events", {}).values() if evt["Type"] == "Api"]
+
+
+def test_every_route_is_on_the_rest_api_and_no_http_api_is_left():
+    assert not resources_of("AWS::Serverless::HttpApi")
+    events = [evt for res in functions().values()
+              for evt in res["Properties"].get("Events", {}).values()]
+    assert all(evt["Type"] != "HttpApi" for evt in events)
+    assert all(props["RestApiId"] == {"Ref": "RestApi"} for _, props in api_events())
+
+
+def test_routes_match_handlers_and_the_access_table():
+    """The authorizer's route table (domain/access.py) is the template's routes: a route
+    missing from it would be denied to everyone; a public one must skip the authorizer."""
+    from llmcredits.domain.access import ROUTES, Audience
+
+    table = {(r.method, r.path): r.audience for r in ROUTES}
+    for name, props in api_events():
+        path, method = props["Path"], props["Method"].upper()
+        assert path.startswith("/api/v1/llm/"), name
+        source = (ROOT / functions()[name]["Properties"]["CodeUri"] / "app.py").read_text()
+        assert path.replace("{", "<").replace("}", ">").removeprefix("/api/v1/llm") in source
+        assert (method, path) in table, f"{method} {path} is not in domain/access.ROUTES"
+        public = props.get("Auth", {}).get("Authorizer") == "NONE"
+        assert public == (table[(method, path)] is Audience.PUBLIC), f"{method} {path}"
+        if "/admin/" in path:
+            assert table[(method, path)] is Audience.ADMIN
+
+
+def test_one_request_authorizer_on_the_authorization_header_with_a_cache_parameter():
+    auth = template()["Resources"]["RestApi"]["Properties"]["Auth"]
+    assert auth["DefaultAuthorizer"] == "CredentialAuthorizer"
+    ((_, spec),) = auth["Authorizers"].items()
+    assert spec["FunctionPayloadType"] == "REQUEST"
+    assert spec["FunctionArn"] == {"GetAtt": "AuthorizerFunction.Arn"}
+    assert spec["Identity"]["Headers"] == ["Authorization"]
+    assert spec["Identity"]["ReauthorizeEvery"] == {"Ref": "AuthorizerCacheTtl"}
+    assert template()["Parameters"]["AuthorizerCacheTtl"]["Default"] == 300
+    env = functions()["AuthorizerFunction"]["Properties"]["Environment"]["Variables"]
+    assert env == {"OIDC_ISSUER": {"Ref": "JwtIssuer"}, "OIDC_AUDIENCE": {"Ref": "JwtAudience"}}
+
+
+def test_gateway_responses_answer_in_the_openai_shape_and_unknown_routes_are_404():
+    import json
+
+    responses = template()["Resources"]["RestApi"]["Properties"]["GatewayResponses"]
+    expected = {"MISSING_AUTHENTICATION_TOKEN": 404, "RESOURCE_NOT_FOUND": 404,
+                "UNAUTHORIZED": 401, "EXPIRED_TOKEN": 401, "ACCESS_DENIED": 403,
+                "REQUEST_TOO_LARGE": 413, "THROTTLED": 429, "QUOTA_EXCEEDED": 429,
+                "INTEGRATION_TIMEOUT": 504, "DEFAULT_4XX": None, "DEFAULT_5XX": None}
+    for kind, status in expected.items():
+        spec = responses[kind]
+        assert spec.get("StatusCode") == status, kind
+        text = spec["ResponseTemplates"]["application/json"]
+        body = json.loads(text.replace("$context.error.messageString", '"m"'))
+        assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "code",
+                                                                  "param"}, kind
+        assert "Missing Authentication Token" not in text
+    assert "/api/v1/llm/" in responses["MISSING_AUTHENTICATION_TOKEN"]["ResponseTemplates"][
+        "application/json"]
+
+
+def test_stage_has_access_logs_and_an_optional_waf():
+    props = template()["Resources"]["RestApi"]["Properties"]
+    assert props["AccessLogSetting"]["DestinationArn"] == {"GetAtt": "ApiAccessLogGroup.Arn"}
+    assert "$context.requestId" in props["AccessLogSetting"]["Format"]
+    waf = template()["Resources"]["RestApiWebAclAssociation"]
+    assert waf["Condition"] == "HasWebAcl" and template()["Parameters"]["WebAclArn"][
+        "Default"] == ""
 
 
 def test_least_privilege_no_wildcards_or_managed_crud():
@@ -118,7 +176,9 @@ def alarm_metrics(props: dict) -> list[tuple[str, str, dict]]:
 def test_alarms_cover_5xx_errors_throttles_iterator_age_dlq_sweeper_and_reconcile():
     watched = [m for props in alarms().values() for m in alarm_metrics(props)]
     names = {(ns, name) for ns, name, _ in watched}
-    assert ("AWS/ApiGateway", "5xx", {"ApiId": {"Ref": "HttpApi"}}) in watched
+    assert ("AWS/ApiGateway", "5xx", {"ApiName": {"Sub": "${AWS::StackName}-api"}}) in watched
+    assert template()["Resources"]["RestApi"]["Properties"]["Name"] == {
+        "Sub": "${AWS::StackName}-api"}
     for fn in ("ChatCompletionsFunction", "StripeWebhookFunction", "UsageAggregatorFunction"):
         for metric in ("Errors", "Throttles"):
             assert ("AWS/Lambda", metric, {"FunctionName": {"Ref": fn}}) in watched, (fn, metric)
@@ -163,16 +223,17 @@ def test_dashboard_shows_the_service_at_a_glance():
 
 
 def test_throttling_defaults_and_tighter_admin_and_purchase_routes():
-    props = template()["Resources"]["HttpApi"]["Properties"]
+    props = template()["Resources"]["RestApi"]["Properties"]
     params = template()["Parameters"]
-    default = props["DefaultRouteSettings"]
+    settings = props["MethodSettings"]
+    (default,) = [m for m in settings if m["ResourcePath"] == "/*" and m["HttpMethod"] == "*"]
     assert default["ThrottlingBurstLimit"] == {"Ref": "ApiThrottlingBurstLimit"}
     assert default["ThrottlingRateLimit"] == {"Ref": "ApiThrottlingRateLimit"}
-    routes = props["RouteSettings"]
-    declared = {f"{e['Properties']['Method']} {e['Properties']['Path']}"
-                for res in functions().values()
-                for e in res["Properties"].get("Events", {}).values() if e["Type"] == "HttpApi"}
-    assert set(routes) <= declared, "RouteSettings for a route that does not exist"
+    # a method setting's path is the route with "/" escaped as "~1"
+    routes = {f"{m['HttpMethod']} {m['ResourcePath'][1:].replace('~1', '/')}": m
+              for m in settings if m is not default}
+    declared = {f"{p['Method']} {p['Path']}" for _, p in api_events()}
+    assert set(routes) <= declared, "MethodSettings for a route that does not exist"
 
     def limit(route: str, key: str) -> int:
         ref = routes[route][key]["Ref"] if route in routes else default[key]["Ref"]
@@ -186,14 +247,29 @@ def test_throttling_defaults_and_tighter_admin_and_purchase_routes():
             assert limit(tight, key) < limit("GET /api/v1/llm/credits", key) < limit(chat, key)
 
 
-def test_cors_allows_the_api_headers_and_exposes_the_credit_headers():
-    cors = template()["Resources"]["HttpApi"]["Properties"]["CorsConfiguration"]["If"]
-    condition, config, otherwise = cors
-    assert condition == "HasCorsOrigins" and otherwise == {"Ref": "AWS::NoValue"}
-    assert config["AllowOrigins"] == {"Split": [",", {"Ref": "CorsAllowedOrigins"}]}
+def test_cors_allows_the_api_headers_and_the_functions_add_the_origin():
+    cors = template()["Resources"]["RestApi"]["Properties"]["Cors"]
+    assert cors["AllowOrigin"] == {"Sub": "'${CorsAllowedOrigins}'"}
     assert {"Authorization", "Content-Type", "Idempotency-Key", "X-Power-Level"} <= set(
-        config["AllowHeaders"])
-    assert {"X-Credits-Charged", "X-Credits-Remaining", "Retry-After"} <= set(
-        config["ExposeHeaders"])
-    assert {"GET", "POST", "PUT", "PATCH", "DELETE"} <= set(config["AllowMethods"])
-    assert not config.get("AllowCredentials")  # bearer tokens, never cookies
+        cors["AllowHeaders"].strip("'").split(","))
+    methods = set(cors["AllowMethods"].strip("'").split(","))
+    assert {"GET", "POST", "PUT", "PATCH", "DELETE"} <= methods
+    assert "AllowCredentials" not in cors  # bearer tokens, never cookies
+    env = template()["Globals"]["Function"]["Environment"]["Variables"]
+    assert env["CORS_ALLOWED_ORIGINS"] == {"Ref": "CorsAllowedOrigins"}
+
+
+def test_functions_answer_with_the_cors_headers(monkeypatch):
+    """A REST proxy integration adds no CORS headers: the resolver must (make_app)."""
+    from llmcredits.http.api import make_app
+
+    from tests.support import Context, event, response_headers
+
+    monkeypatch.setenv("CORS_ALLOWED_ORIGINS", "https://app.example.com")
+    app = make_app()  # reads the origin when made (at import, in Lambda)
+    app.get("/api/v1/llm/health")(lambda: {"status": "ok"})
+    resp = app.resolve(event("GET", "/api/v1/llm/health", sub=None,
+                             headers={"Origin": "https://app.example.com"}), Context())
+    headers = response_headers(resp)
+    assert headers["Access-Control-Allow-Origin"] == "https://app.example.com"
+    assert "X-Credits-Charged" in headers["Access-Control-Expose-Headers"]

@@ -18,6 +18,9 @@ if TYPE_CHECKING:
     from llmcredits.dal.dynamodb_byok import DynamoByokStore
     from llmcredits.dal.dynamodb_usage import DynamoUsageStore
     from llmcredits.dal.kms_envelope import Envelope
+    from llmcredits.dal.oidc import OidcJwtVerifier
+    from llmcredits.domain.principal import ApiKeyAuthenticator, KeyPrincipal
+    from llmcredits.services.authorize import Authorizer
     from llmcredits.services.byok import ByokService
     from llmcredits.services.chat import ChatService
     from llmcredits.services.payments import PaymentsService
@@ -41,6 +44,8 @@ def reset() -> None:
     if envelope_module is not None:  # never import cryptography just to reset
         envelope_module.kms_client.cache_clear()
     usage_store.cache_clear()
+    jwt_verifier.cache_clear()
+    authorizer.cache_clear()
     dynamodb_client.cache_clear()
     # boto3's default session caches the credentials it resolved first; a changed
     # environment (another DynamoDB Local namespace, say) must be read again.
@@ -128,3 +133,32 @@ def payments_service() -> PaymentsService:
     from llmcredits.services.payments import PaymentsService, PurchaseConfig
 
     return PaymentsService(ledger_service(), StripeCheckout.from_env(), PurchaseConfig.from_env())
+
+
+@cache
+def jwt_verifier() -> OidcJwtVerifier:
+    """One per container: its JWKS cache lives as long as the warm container."""
+    from llmcredits.dal.oidc import OidcJwtVerifier
+
+    return OidcJwtVerifier(os.environ.get("OIDC_ISSUER", ""), os.environ.get("OIDC_AUDIENCE", ""),
+                           os.environ.get("OIDC_DISCOVERY_URL") or None)
+
+
+class _NoApiKeys:
+    """Refuses every API key: the key store is not wired in yet."""
+
+    def authenticate(self, secret: str) -> KeyPrincipal | None:
+        return None
+
+
+def api_key_authenticator() -> ApiKeyAuthenticator:
+    # The seam for the API keys store (issue 11 item 3): return the adapter that finds a
+    # key by the hash of its secret (one GetItem). Until then no API key authenticates.
+    return _NoApiKeys()
+
+
+@cache
+def authorizer() -> Authorizer:
+    from llmcredits.services.authorize import Authorizer
+
+    return Authorizer(jwt_verifier(), api_key_authenticator())

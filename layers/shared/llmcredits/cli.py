@@ -54,13 +54,11 @@ def cmd_dev(args: argparse.Namespace) -> int:
         if stack.dev_stripe is not None:
             print(f"  dev Stripe (stand-in; pay at checkout_url): {stack.dev_stripe.url}",
                   file=sys.stderr)
+        print(f"  OIDC issuer: {stack.local_url}/.well-known/openid-configuration",
+              file=sys.stderr)
         for route in stack.router.routes:
             r = route.route
-            auth = (
-                "public"
-                if r.authorizer is None
-                else ("scopes " + ",".join(r.scopes) if r.scopes else "jwt")
-            )
+            auth = "public" if r.authorizer is None else r.authorizer
             print(f"  {r.method:6} {r.path}  -> {r.function_id} [{auth}]", file=sys.stderr)
         for worker in stack.workers:
             print(f"  worker {worker.name}", file=sys.stderr)
@@ -74,7 +72,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
 def cmd_token(args: argparse.Namespace) -> int:
     """Print a bearer token the local server accepts."""
-    from llmcredits.local.authorizer import issue_token
+    from llmcredits.local.issuer import issue_token
 
     print(issue_token(args.sub, admin=args.admin, ttl=args.ttl))
     return 0

@@ -1,7 +1,13 @@
 """The API's OpenAPI document, merged from every handler's resolver.
 
 Each function has its own resolver (one Lambda per route), so no single resolver knows
-the whole API. ``build_document`` imports every handler and merges their documents;
+the whole API. Powertools' OpenAPI merge (``configure_openapi_merge``, made for this
+layout) loads every ``functions/*/app.py`` resolver and merges their documents. Its
+discovery finds resolvers by the literal ``app = APIGatewayRestResolver(...)``, and ours
+come from ``make_app()``, so the files are named to its ``OpenAPIMerge`` (the class
+``configure_openapi_merge`` wraps) with ``add_file``. ``build_document``
+then says what the gateway adds: which credential each route takes (the authorizer's
+route table, :mod:`llmcredits.domain.access`) and the errors ``make_app`` really answers.
 ``make openapi`` writes the result into the layer, where GET /openapi.json serves it.
 """
 
@@ -46,15 +52,30 @@ def import_handler(app_file: Path) -> ModuleType:
     return module
 
 
-def public_routes(template_path: Path) -> set[tuple[str, str]]:
-    """(method, path) of the routes the template serves without the JWT authorizer."""
-    from llmcredits.local.template import Template
+#: The two credentials the authorizer accepts, both as ``Authorization: Bearer ...``.
+SECURITY_SCHEMES: dict[str, Any] = {
+    "loginToken": {
+        "type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+        "description": "A login JWT of the configured OIDC issuer (RS256/ES256). Admin "
+                       "routes need the `llmcredits/admin` scope (`scope` or `scp`).",
+    },
+    "apiKey": {
+        "type": "http", "scheme": "bearer", "bearerFormat": "llmc-...",
+        "description": "An API key (`llmc-` + 43 characters), for server-side clients. It "
+                       "may call chat, models, GET credits, credits/history, usage, key "
+                       "and generations only.",
+    },
+}
 
-    return {
-        (route.method.lower(), route.path)
-        for route in Template(template_path).routes()
-        if route.authorizer is None
-    }
+
+def _security(audience: Any) -> list[dict[str, list[str]]]:
+    from llmcredits.domain.access import Audience
+
+    if audience is Audience.PUBLIC:
+        return []
+    if audience is Audience.KEY_OR_JWT:
+        return [{"loginToken": []}, {"apiKey": []}]
+    return [{"loginToken": []}]
 
 
 #: Powertools documents its own error bodies; make_app answers every error in the
@@ -77,37 +98,34 @@ def _what_we_answer(responses: dict[str, Any]) -> None:
 
 
 def build_document(functions_dir: Path, template_path: Path) -> dict[str, Any]:
-    public = public_routes(template_path)
-    paths: dict[str, Any] = {}
-    schemas: dict[str, Any] = {}
+    """The merged document. ``template_path`` is read by the tests that keep the
+    template's routes and the access table equal; here the table decides security."""
+    from aws_lambda_powertools.event_handler.openapi.merge import OpenAPIMerge
+
+    from llmcredits.domain.access import ROUTES
+
+    merger = OpenAPIMerge(title=TITLE, version=__version__, description=DESCRIPTION,
+                          security_schemes=SECURITY_SCHEMES, on_conflict="error")
     for app_file in sorted(functions_dir.glob("*/app.py")):
-        app = getattr(import_handler(app_file), "app", None)
-        if app is None or not hasattr(app, "get_openapi_schema"):
-            continue
-        doc = app.get_openapi_schema(title=TITLE, version=__version__).model_dump(
-            mode="json", by_alias=True, exclude_none=True
-        )
-        for path, operations in doc.get("paths", {}).items():
-            for method, operation in operations.items():
-                if (method, path) in public:
-                    operation["security"] = []  # no bearer token needed
-                _what_we_answer(operation.get("responses", {}))
-            paths.setdefault(path, {}).update(operations)
-        schemas.update(doc.get("components", {}).get("schemas", {}))
+        if "make_app()" in app_file.read_text():  # an HTTP route (not a stream/schedule)
+            merger.add_file(app_file, resolver_name="app")
+    doc: dict[str, Any] = json.loads(merger.get_openapi_json_schema())  # JSON-mode values
+    access = {(r.method.lower(), r.path): r.audience for r in ROUTES}
+    for path, operations in doc.get("paths", {}).items():
+        for method, operation in operations.items():
+            audience = access.get((method, path))
+            if audience is None:
+                raise ValueError(f"{method.upper()} {path} is not in domain/access.ROUTES")
+            operation["security"] = _security(audience)
+            _what_we_answer(operation.get("responses", {}))
+    components = doc.setdefault("components", {})
+    schemas = components.get("schemas", {})
     for unused in POWERTOOLS_ERROR_SCHEMAS:
         schemas.pop(unused, None)
-    return {
-        "openapi": "3.1.0",
-        "info": {"title": TITLE, "version": __version__, "description": DESCRIPTION},
-        "paths": dict(sorted(paths.items())),
-        "components": {
-            "schemas": dict(sorted(schemas.items())),
-            "securitySchemes": {
-                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
-            },
-        },
-        "security": [{"bearer": []}],
-    }
+    components["schemas"] = dict(sorted(schemas.items()))
+    doc.pop("servers", None)  # relative to wherever it is served
+    doc["paths"] = dict(sorted(doc.get("paths", {}).items()))
+    return doc
 
 
 def render(document: dict[str, Any]) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
@@ -24,6 +25,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from llmcredits import jsonexact
+from llmcredits.domain.principal import ADMIN_SCOPE, KIND_API_KEY, KIND_JWT
 from llmcredits.errors import (
     ApiError,
     Forbidden,
@@ -38,10 +40,9 @@ from llmcredits.money import quantize
 if TYPE_CHECKING:
     # Imported where used: the scheduled and stream functions import this module for
     # logger/metrics/tracer only and never load the HTTP resolver (cold start).
-    from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
+    from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 
 API_PREFIX = "/api/v1/llm"
-ADMIN_SCOPE = "llmcredits/admin"
 JSON = "application/json"
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
 
@@ -124,14 +125,28 @@ def validation_message(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
     return text, param
 
 
-def make_app() -> APIGatewayHttpResolver:
-    from aws_lambda_powertools.event_handler import APIGatewayHttpResolver
+def _cors() -> Any:
+    """A REST proxy integration adds no CORS headers: the resolver does, for the one
+    origin the template allows (API Gateway answers the preflights)."""
+    from aws_lambda_powertools.event_handler import CORSConfig
+
+    origin = os.environ.get("CORS_ALLOWED_ORIGINS")
+    if not origin:
+        return None
+    return CORSConfig(allow_origin=origin, allow_headers=["Idempotency-Key", "X-Power-Level"],
+                      expose_headers=["X-Credits-Charged", "X-Credits-Remaining", "Retry-After",
+                                      "X-Request-Id"], max_age=600)
+
+
+def make_app() -> APIGatewayRestResolver:
+    from aws_lambda_powertools.event_handler import APIGatewayRestResolver
     from aws_lambda_powertools.event_handler.openapi.exceptions import (
         RequestUnsupportedContentType,
         RequestValidationError,
     )
 
-    app = APIGatewayHttpResolver(
+    app = APIGatewayRestResolver(
+        cors=_cors(),
         enable_validation=True,
         # A response that breaks its model is our bug: 500, never a client 4xx.
         response_validation_error_http_code=500,
@@ -182,11 +197,6 @@ def make_app() -> APIGatewayHttpResolver:
     return app
 
 
-#: What the Lambda authorizer puts in its context (DESIGN section 2): the credential kind.
-KIND_JWT = "jwt"
-KIND_API_KEY = "api_key"
-
-
 @dataclass(frozen=True)
 class Caller:
     """Who is calling: a login token (``kind`` "jwt") or one of our API keys ("api_key")."""
@@ -209,32 +219,26 @@ def _split_scopes(value: Any) -> set[str]:
     return set()
 
 
-def caller(app: APIGatewayHttpResolver) -> Caller:
-    """The authenticated caller, from what the authorizer verified: a Lambda authorizer's
-    context (user_id, kind, key_id, scopes) or, failing that, JWT claims."""
+def caller(app: APIGatewayRestResolver) -> Caller:
+    """The authenticated caller, from the REST API's Lambda authorizer context
+    (``requestContext.authorizer``: user_id, kind, key_id, scopes; values are strings)."""
     authorizer = app.current_event.request_context.authorizer
-    context = (authorizer.get_lambda if authorizer else None) or {}
-    if context.get("user_id"):
-        kind = str(context.get("kind") or KIND_JWT)
-        if kind not in (KIND_JWT, KIND_API_KEY):
-            raise Unauthorized("Unknown credential kind.")
-        return Caller(
-            user_id=str(context["user_id"]),
-            scopes=frozenset(_split_scopes(context.get("scopes") or "")),
-            kind=kind,
-            key_id=str(context["key_id"]) if context.get("key_id") else None,
-        )
-    claims = authorizer.jwt_claim if authorizer else {}
-    sub = claims.get("sub")
-    if not sub:
-        raise Unauthorized("A bearer token with a subject is required.")
-    scopes: set[str] = set((authorizer.jwt_scopes if authorizer else None) or [])
-    for claim in ("scope", "scp"):
-        scopes.update(_split_scopes(claims.get(claim)))
-    return Caller(user_id=str(sub), scopes=frozenset(scopes))
+    context = authorizer.get_context() if authorizer else {}
+    user_id = context.get("user_id")
+    if not user_id:
+        raise Unauthorized("A bearer token or API key is required.")
+    kind = str(context.get("kind") or KIND_JWT)
+    if kind not in (KIND_JWT, KIND_API_KEY):
+        raise Unauthorized("Unknown credential kind.")
+    return Caller(
+        user_id=str(user_id),
+        scopes=frozenset(_split_scopes(context.get("scopes") or "")),
+        kind=kind,
+        key_id=str(context["key_id"]) if context.get("key_id") else None,
+    )
 
 
-def require_jwt(app: APIGatewayHttpResolver) -> Caller:
+def require_jwt(app: APIGatewayRestResolver) -> Caller:
     """Routes that only a login token may use (keys, BYOK, purchases, caps, alerts, admin):
     the authorizer's policy already denies them to API keys; this is defence in depth."""
     who = caller(app)
@@ -244,15 +248,16 @@ def require_jwt(app: APIGatewayHttpResolver) -> Caller:
     return who
 
 
-def admin(app: APIGatewayHttpResolver) -> Caller:
-    """Admin routes are scope-checked by API Gateway too; this is defence in depth."""
+def admin(app: APIGatewayRestResolver) -> Caller:
+    """Admin routes are left out of the authorizer's policy for callers without the
+    admin scope; this is defence in depth."""
     who = require_jwt(app)
     if not who.is_admin:
         raise Forbidden(f"This route needs the {ADMIN_SCOPE} scope.", code="not_admin")
     return who
 
 
-def header(app: APIGatewayHttpResolver, name: str) -> str | None:
+def header(app: APIGatewayRestResolver, name: str) -> str | None:
     headers = app.current_event.headers or {}
     return headers.get(name.lower()) or headers.get(name)
 
@@ -263,7 +268,7 @@ def _unreadable_body(event: dict[str, Any]) -> ApiError | None:
     that are not UTF-8 (API Gateway passes those base64-encoded)."""
     headers = {str(k).lower(): v for k, v in (event.get("headers") or {}).items()}
     media_type = str(headers.get("content-type") or "").split(";")[0].strip().lower()
-    method = ((event.get("requestContext") or {}).get("http") or {}).get("method", "")
+    method = str(event.get("httpMethod") or "")
     body = event.get("body") or ""
     if media_type and (body or method in ("POST", "PUT", "PATCH")) and not (
         media_type == JSON or media_type.endswith("+json")
@@ -279,11 +284,11 @@ def _unreadable_body(event: dict[str, Any]) -> ApiError | None:
 
 
 def entry_point(
-    app: APIGatewayHttpResolver, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    app: APIGatewayRestResolver, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
 ) -> Callable[[dict[str, Any], LambdaContext], dict[str, Any]]:
     """The Lambda handler for ``app``, with logging, metrics and tracing."""
 
-    @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
+    @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST)
     @tracer.capture_lambda_handler
     @metrics.log_metrics(raise_on_empty_metrics=False)
     def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:

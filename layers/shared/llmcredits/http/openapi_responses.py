@@ -2,9 +2,10 @@
 
 Every error the API answers has the OpenAI shape ``{"error": {"message", "type", "code",
 "param"}}`` (:class:`ErrorResponse`). API Gateway itself answers some statuses before a
-function runs (401 from the JWT authorizer, 403 for a missing route scope, 413 over its
-10 MB limit) with ``{"message": ...}`` only (the local stack adds the same ``error``
-object): those statuses document :class:`GatewayOrApiError`, which accepts either.
+function runs (401 from the Lambda authorizer, 403 for a route the credential may not
+call, 413 over its 10 MB limit) through the template's gateway responses, in the same
+shape; those statuses document :class:`GatewayOrApiError`, which also accepts the bare
+``{"message"}`` of an API Gateway default.
 
 A decorator combines :func:`ok` / :func:`created` / :func:`no_content` with
 :func:`errors`::
@@ -256,9 +257,9 @@ JWT_ONLY = (403, "API keys may not call this route (`jwt_required`)")
 
 ERROR_DESCRIPTIONS: dict[int, str] = {
     400: "Invalid input: a malformed body, parameter or header (`invalid_request_error`)",
-    401: "No bearer token, or one that is not valid (bad signature, expired, not yet valid, "
-    "wrong issuer or audience). Answered by API Gateway's JWT authorizer with "
-    '`{"message": "Unauthorized"}`.',
+    401: "No bearer credential, or one that is not valid: a login token with a bad signature, "
+    "expired, not yet valid, of another issuer or audience, or an unknown, revoked or "
+    "expired API key (`invalid_token`, answered by the Lambda authorizer).",
     402: "`insufficient_credits` (the balance minus holds cannot cover the request's upper "
     "bound) or `monthly_cap_reached`; nothing was sent upstream",
     403: "Not allowed (`permission_error`)",
@@ -278,8 +279,9 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
 }
 
 ADMIN_403 = (
-    "The token lacks the `llmcredits/admin` scope. API Gateway checks the route scope "
-    '(`{"message": "Forbidden"}`); the function checks again (`not_admin`).'
+    "The credential is an API key, or a login token without the `llmcredits/admin` scope. "
+    "The authorizer's policy leaves admin routes out (`forbidden`); the function checks "
+    "again (`not_admin`)."
 )
 
 

@@ -1,7 +1,11 @@
-"""Local stack for ``make dev``: API Gateway HTTP API + Lambda + AWS emulation.
+"""Local stack for ``make dev``: API Gateway REST API + Lambda + AWS emulation.
 
 * :mod:`llmcredits.local.template` — reads ``template.yaml`` (CloudFormation tags).
-* :mod:`llmcredits.local.authorizer` — the JWT authorizer emulation and dev tokens.
+* :mod:`llmcredits.local.gateway` — the REST API: routes, the Lambda authorizer and its
+  cache, policies, gateway responses, v1 events; :mod:`~llmcredits.local.http_server`.
+* :mod:`llmcredits.local.lambda_runtime` — execution environments of the functions.
+* :mod:`llmcredits.local.streams`, :mod:`~llmcredits.local.schedules` — event sources.
+* :mod:`llmcredits.local.issuer` — the local OIDC issuer (discovery, JWKS) and dev tokens.
 * :mod:`llmcredits.local.embedded` — moto in-process (serialized DynamoDB) or DynamoDB Local.
 * :mod:`llmcredits.local.server` — :class:`~llmcredits.local.server.LocalStack`.
 
@@ -13,7 +17,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from llmcredits.local.authorizer import JwtAuthority, issue_token
+    from llmcredits.local.issuer import JwtAuthority, issue_token
     from llmcredits.local.server import LocalStack
 
 __all__ = ["JwtAuthority", "LocalStack", "issue_token"]
@@ -25,7 +29,7 @@ def __getattr__(name: str) -> Any:
 
         return LocalStack
     if name in ("JwtAuthority", "issue_token"):
-        from llmcredits.local import authorizer
+        from llmcredits.local import issuer
 
-        return getattr(authorizer, name)
+        return getattr(issuer, name)
     raise AttributeError(name)

@@ -2,7 +2,8 @@
 
 Loads the template with a YAML loader that understands the CloudFormation short
 tags (``!Ref``, ``!GetAtt``, ``!Sub``, ``!If``, ...), and extracts what the local
-stack needs: HTTP API routes, function environments, DynamoDB tables, KMS keys and
+stack needs: REST API routes, its Lambda authorizers and gateway responses, function
+environments, DynamoDB tables, KMS keys and
 non-HTTP events (DynamoDB streams, schedules). Intrinsic functions are resolved
 against local values by :class:`Resolver`.
 """
@@ -216,17 +217,27 @@ class Resolver:
 @dataclass
 class Route:
     method: str  # upper case, or "ANY"
-    path: str  # "/api/v1/llm/x/{id}", or "$default"
+    path: str  # "/api/v1/llm/x/{id}"
     function_id: str
     code_uri: str
     handler: str
-    authorizer: str | None  # None = no auth; else the authorizer name (JWT)
-    scopes: list[str]
+    authorizer: str | None  # None = no auth; else the Lambda authorizer's name
     event_name: str = ""
+    api_id: str = ""
 
     @property
     def route_key(self) -> str:
-        return "$default" if self.path == "$default" else f"{self.method} {self.path}"
+        return f"{self.method} {self.path}"
+
+
+@dataclass
+class LambdaAuthorizerDef:
+    """A REST API Lambda authorizer (REQUEST type): its function and identity source."""
+
+    name: str
+    function_id: str
+    identity_headers: list[str]
+    ttl: Any  # raw ReauthorizeEvery (an intrinsic, usually a parameter)
 
 
 @dataclass
@@ -364,50 +375,60 @@ class Template:
         props = (self.resources.get(function_id) or {}).get("Properties") or {}
         return props.get("Events") or {}
 
-    def _api_auth(self, api_id: str | None) -> tuple[str | None, list[str]]:
-        """(DefaultAuthorizer, default scopes) of an HttpApi resource."""
-        if api_id is None:
-            apis = self.resources_of_type("AWS::Serverless::HttpApi")
-            if len(apis) != 1:
-                return None, []
-            api_id = next(iter(apis))
-        api = self.resources.get(api_id) or {}
-        auth = (api.get("Properties") or {}).get("Auth") or {}
-        default = auth.get("DefaultAuthorizer")
-        scopes = list(auth.get("DefaultAuthorizationScopes") or [])
-        return (str(default) if default else None), scopes
+    def rest_api_id(self) -> str | None:
+        """The (single) AWS::Serverless::Api of the template."""
+        apis = self.resources_of_type("AWS::Serverless::Api")
+        return next(iter(apis)) if len(apis) == 1 else None
+
+    def rest_api(self) -> dict[str, Any]:
+        api_id = self.rest_api_id()
+        return ((self.resources.get(api_id) or {}).get("Properties") or {}) if api_id else {}
+
+    def lambda_authorizers(self) -> dict[str, LambdaAuthorizerDef]:
+        auth = self.rest_api().get("Auth") or {}
+        out: dict[str, LambdaAuthorizerDef] = {}
+        for name, spec in (auth.get("Authorizers") or {}).items():
+            arn = spec.get("FunctionArn") if isinstance(spec, dict) else None
+            target = arn.get("Fn::GetAtt") if isinstance(arn, dict) else None
+            if not target:
+                continue
+            function_id = str(target[0] if isinstance(target, list) else target).split(".")[0]
+            identity = spec.get("Identity") or {}
+            out[str(name)] = LambdaAuthorizerDef(
+                name=str(name), function_id=function_id,
+                identity_headers=[str(h) for h in identity.get("Headers") or ["Authorization"]],
+                ttl=identity.get("ReauthorizeEvery", 300))
+        return out
+
+    def gateway_responses(self) -> dict[str, dict[str, Any]]:
+        return dict(self.rest_api().get("GatewayResponses") or {})
 
     def routes(self) -> list[Route]:
+        default_auth = (self.rest_api().get("Auth") or {}).get("DefaultAuthorizer")
         out: list[Route] = []
         for lid, fn in self.functions().items():
             for ev_name, ev in self._events(lid).items():
-                if not isinstance(ev, dict) or ev.get("Type") != "HttpApi":
+                if not isinstance(ev, dict) or ev.get("Type") != "Api":
                     continue
                 props = ev.get("Properties") or {}
-                api_ref = props.get("ApiId")
-                api_id = api_ref.get("Ref") if isinstance(api_ref, dict) else None
-                default_auth, default_scopes = self._api_auth(api_id)
-                auth = props.get("Auth") or {}
-                authorizer = auth.get("Authorizer", default_auth)
-                if authorizer in (None, "NONE"):
+                api_ref = props.get("RestApiId")
+                api_id = api_ref.get("Ref") if isinstance(api_ref, dict) else self.rest_api_id()
+                authorizer = (props.get("Auth") or {}).get("Authorizer", default_auth)
+                if authorizer in (None, "NONE", "AWS_IAM"):
                     authorizer = None
-                scopes = list(auth.get("AuthorizationScopes", default_scopes) or [])
-                path = str(props.get("Path", "$default"))
                 method = str(props.get("Method", "ANY")).upper()
-                if method == "X-AMAZON-APIGATEWAY-ANY-METHOD" or method == "*":
+                if method in ("X-AMAZON-APIGATEWAY-ANY-METHOD", "*"):
                     method = "ANY"
-                if "Path" not in props and "Method" not in props:
-                    path = "$default"
                 out.append(
                     Route(
                         method=method,
-                        path=path,
+                        path=str(props.get("Path", "/")),
                         function_id=lid,
                         code_uri=fn.code_uri,
                         handler=fn.handler,
                         authorizer=str(authorizer) if authorizer else None,
-                        scopes=[str(s) for s in scopes] if authorizer else [],
                         event_name=ev_name,
+                        api_id=str(api_id or ""),
                     )
                 )
         return out
