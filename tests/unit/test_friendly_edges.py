@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from llmcredits.domain.pricing import MAX_TOKENS_CLIPPED_HEADER, catalog
 
-from tests.support import event, invoke
+from tests.support import event, invoke, response_headers
 from tests.unit.stack_fixture import module_stack
 from tests.unit.test_chat_route import BALANCED, HELLO, chat, setup_user
 from tests.unit.test_upstream_answers import stream_chat
@@ -39,7 +39,7 @@ def test_a_streamed_answer_reports_the_clip_too(upstream):
     resp, _ = stream_chat("clip-stream", {"model": BALANCED, "messages": HELLO,
                                           "max_tokens": 5000})
     assert resp["statusCode"] == 200
-    assert resp["headers"][MAX_TOKENS_CLIPPED_HEADER] == "5000"
+    assert response_headers(resp)[MAX_TOKENS_CLIPPED_HEADER] == "5000"
 
 
 def test_clip_headers_in_pricing():
