@@ -30,9 +30,9 @@ import sys
 import tempfile
 import time
 import tomllib
-from textwrap import indent
 from dataclasses import dataclass, field
 from pathlib import Path
+from textwrap import indent
 
 ROOT = Path(__file__).resolve().parent.parent
 CATALOG = Path("tests/mutants/mutants.toml")
@@ -47,7 +47,9 @@ sys.path.insert(0, os.path.join(root, "layers", "shared"))
 import llmcredits
 where = os.path.realpath(llmcredits.__file__)
 if not where.startswith(root + os.sep):
-    sys.exit(f"mutants: llmcredits imported from {where}, not from the copy {root}")
+    print(f"mutants: llmcredits imported from {where}, not from the copy {root}",
+          file=sys.stderr)
+    sys.exit(3)  # not 1: that would read as "a test failed, mutant killed"
 import pytest
 sys.exit(pytest.main(sys.argv[1:]))
 """
@@ -189,11 +191,12 @@ def classify(mutant: Mutant, run: Run) -> Outcome:
 def _classify(mutant: Mutant, run: Run) -> Outcome:
     if run.timed_out:
         return Outcome(mutant, "timeout", killed_by=f"timeout after {RUN_TIMEOUT_SECONDS}s")
-    if run.returncode == 0:
+    if run.returncode in (0, 5):  # 5: every named test deselected, none ran
         return Outcome(mutant, "survived", detail=tail(run.output, 3))
     if run.returncode == 1:
         return Outcome(mutant, "killed", killed_by=run.failed[0] if run.failed else "?")
-    # 2: collection error or interrupted, 4: a named test does not exist, 5: no tests.
+    # 2: collection error or interrupted, 3: imported the wrong llmcredits,
+    # 4: a named test does not exist.
     return Outcome(mutant, "broken", detail=f"pytest exit {run.returncode}:\n"
                    + tail(run.output))
 
@@ -261,9 +264,9 @@ def main(argv: list[str] | None = None) -> int:
         if named:
             baseline = run_pytest(scratch, named, args.deselect)
             print(f"baseline: {len(named)} named tests on the unmutated copy: "
-                  f"{'pass' if baseline.returncode == 0 else 'FAIL'} "
+                  f"{'pass' if baseline.returncode in (0, 5) else 'FAIL'} "
                   f"({baseline.seconds:.1f}s)", flush=True)
-            if baseline.returncode != 0:
+            if baseline.returncode not in (0, 5):
                 print(tail(baseline.output, 30), file=sys.stderr)
                 print("mutants: the named tests must pass on the unmutated code first",
                       file=sys.stderr)

@@ -86,7 +86,7 @@ def ledger(store: StaleStore) -> Iterator[Any]:
     from llmcredits.services.ledger import LedgerService
 
     # No backoff sleeps: a retry loop that never converges fails fast, not in seconds.
-    yield LedgerService(store, clock=TickingClock(), sleep=lambda _seconds: None)  # type: ignore[arg-type]
+    yield LedgerService(store, clock=TickingClock(), sleep=lambda _seconds: None)
 
 
 def fund(ledger: Any, amount: str, user: str = USER) -> Account:
