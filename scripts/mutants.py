@@ -15,6 +15,8 @@ editable install of the real worktree.
 
     python scripts/mutants.py                  # every mutant
     python scripts/mutants.py --only reserve-funds-guard --keep
+    python scripts/mutants.py --anchors        # after a merge: which mutants to re-anchor
+    python scripts/mutants.py -j 2             # two mutants at a time, two copies
     python scripts/mutants.py --deselect tests/unit/test_money_guards.py::test_x
         # self-check: with a guard's test removed, its mutant must survive (exit 1)
 """
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import queue
 import re
 import shutil
 import subprocess
@@ -30,6 +33,7 @@ import sys
 import tempfile
 import time
 import tomllib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from textwrap import indent
@@ -230,6 +234,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-fallback", action="store_true",
                         help="do not run the unit suite when the named tests miss a mutant")
     parser.add_argument("--list", action="store_true", help="print the mutants and exit")
+    parser.add_argument("--anchors", action="store_true",
+                        help="only check that every mutant's `old` snippet still matches")
+    parser.add_argument("-j", "--jobs", type=int, default=int(os.environ.get("MUTANTS_JOBS", 1)),
+                        help="mutants run in parallel, each on its own copy (default 1, "
+                             "or $MUTANTS_JOBS)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch copy")
     parser.add_argument("--show", action="store_true",
                         help="print the end of each mutant's pytest output (why it died)")
@@ -257,12 +266,25 @@ def main(argv: list[str] | None = None) -> int:
         else:
             runnable.append(mutant)
 
-    scratch = Path(tempfile.mkdtemp(prefix="llmcredits-mutants-"))
+    if args.anchors:
+        for o in outcomes:
+            print(f"STALE {o.mutant.id}: {o.detail}")
+        print(f"{len(runnable)}/{len(mutants)} anchors match")
+        return 1 if outcomes else 0
+
+    # One scratch copy per worker; a worker applies one mutant at a time to its copy.
+    jobs = max(1, min(args.jobs, len(runnable) or 1))
+    copies: queue.Queue[Path] = queue.Queue()
+    made: list[Path] = []
     try:
-        make_copy(repo, scratch)
+        for _ in range(jobs):
+            scratch = Path(tempfile.mkdtemp(prefix="llmcredits-mutants-"))
+            made.append(scratch)
+            make_copy(repo, scratch)
+            copies.put(scratch)
         named = sorted({t for m in runnable for t in m.tests})
         if named:
-            baseline = run_pytest(scratch, named, args.deselect)
+            baseline = run_pytest(made[0], named, args.deselect)
             print(f"baseline: {len(named)} named tests on the unmutated copy: "
                   f"{'pass' if baseline.returncode in (0, 5) else 'FAIL'} "
                   f"({baseline.seconds:.1f}s)", flush=True)
@@ -271,18 +293,28 @@ def main(argv: list[str] | None = None) -> int:
                 print("mutants: the named tests must pass on the unmutated code first",
                       file=sys.stderr)
                 return 1
-        for mutant in runnable:
-            outcome = run_mutant(repo, scratch, mutant, args.deselect,
-                                 fallback=not args.no_fallback)
-            print(f"  {mutant.id}: {outcome.status} ({outcome.seconds:.1f}s)", flush=True)
-            if args.show:
-                print(indent(outcome.output, "      | "), flush=True)
-            outcomes.append(outcome)
+
+        def one(mutant: Mutant) -> Outcome:
+            scratch = copies.get()
+            try:
+                return run_mutant(repo, scratch, mutant, args.deselect,
+                                  fallback=not args.no_fallback)
+            finally:
+                copies.put(scratch)
+
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            for outcome in pool.map(one, runnable):
+                print(f"  {outcome.mutant.id}: {outcome.status} ({outcome.seconds:.1f}s)",
+                      flush=True)
+                if args.show:
+                    print(indent(outcome.output, "      | "), flush=True)
+                outcomes.append(outcome)
     finally:
-        if args.keep:
-            print(f"scratch copy kept at {scratch}")
-        else:
-            shutil.rmtree(scratch, ignore_errors=True)
+        for scratch in made:
+            if args.keep:
+                print(f"scratch copy kept at {scratch}")
+            else:
+                shutil.rmtree(scratch, ignore_errors=True)
 
     order = {m.id: i for i, m in enumerate(mutants)}
     outcomes.sort(key=lambda o: order[o.mutant.id])
