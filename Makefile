@@ -30,6 +30,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+## Apply each curated money/security mutant (tests/mutants/mutants.toml) to a scratch copy; fail if one survives.
+.PHONY: mutants
+mutants: $(STAMP)
+	$(BIN)/python scripts/mutants.py
+
 ## Regenerate the OpenAPI document served by GET /openapi.json.
 openapi: $(STAMP)
 	$(BIN)/llmcredits openapi --write
