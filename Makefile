@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export AWS_DEFAULT_REGION ?= us-east-1
 
-.PHONY: dev test lint typecheck openapi bench bench-cold-start package dynamodb-local clean
+.PHONY: dev dev-reset test lint typecheck openapi bench bench-cold-start package dynamodb-local clean
 
 $(STAMP): requirements-dev.txt $(wildcard layers/*/requirements.txt) pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,9 +14,16 @@ $(STAMP): requirements-dev.txt $(wildcard layers/*/requirements.txt) pyproject.t
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
-## Serve the whole API on http://127.0.0.1:$${PORT:-3000} with embedded AWS.
+## Serve the whole API on http://127.0.0.1:$${PORT:-3000} with embedded AWS; the store
+## persists in $(DEV_STORE) across restarts.
+DEV_STORE ?= .dev/store
 dev: $(STAMP)
-	$(BIN)/llmcredits dev
+	LLMCREDITS_DEV_STORE=$(DEV_STORE) $(BIN)/llmcredits dev
+
+## Empty the dev store (every account, ledger entry and BYOK key of `make dev`).
+dev-reset:
+	rm -rf $(DEV_STORE)
+	@echo "emptied $(DEV_STORE)"
 
 ## Lint, type-check and run every test (DynamoDB Local tests included when Java is here).
 test: $(STAMP) lint typecheck
@@ -36,7 +43,7 @@ openapi: $(STAMP)
 
 ## Print the chat benchmark figures (calls per request, latency ratio, req/s on DynamoDB Local).
 bench: $(STAMP)
-	$(BIN)/python bench/chat.py 2>/dev/null
+	POWERTOOLS_METRICS_DISABLED=true $(BIN)/python bench/chat.py 2>/dev/null
 
 ## Import time of each function in a fresh Lambda-like interpreter vs `import boto3` alone.
 bench-cold-start: $(STAMP)

@@ -176,6 +176,10 @@ def _install_cheap_transaction_snapshots() -> None:
     moto_models.DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
 
 
+class StoreInUse(RuntimeError):
+    """Another process has the dev store open (two journals would corrupt it)."""
+
+
 class DevStore:
     """Snapshot + write-ahead journal of the embedded moto store in ``folder``.
 
@@ -196,6 +200,7 @@ class DevStore:
         self.writes = 0
         self.record_seconds = 0.0
         self._journal: Any = None
+        self._lock: Any = None
 
     # -- moto's backends ---------------------------------------------------------------
     def _backends(self) -> tuple[Any, Any]:
@@ -208,6 +213,7 @@ class DevStore:
     def load(self) -> bool:
         """Restore the snapshot and replay its journal; False when the folder is empty."""
         self.folder.mkdir(parents=True, exist_ok=True)
+        self._lock_folder()
         path = self.folder / self.SNAPSHOT
         restored = False
         if path.exists():
@@ -224,6 +230,25 @@ class DevStore:
         if journal.exists():
             restored = self._replay(journal) or restored
         return restored
+
+    def _lock_folder(self) -> None:
+        import fcntl
+
+        lock = (self.folder / "lock").open("a+", encoding="utf-8")
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "?"
+            lock.close()
+            raise StoreInUse(
+                f"the dev store {self.folder} is in use by another llmcredits dev (pid "
+                f"{holder}); stop it, or set {STORE_DIR_ENV} to another folder"
+            ) from None
+        lock.truncate(0)
+        lock.write(str(os.getpid()))
+        lock.flush()
+        self._lock = lock
 
     def _journal_path(self, generation: int) -> Path:
         return self.folder / f"journal-{generation}.jsonl"
@@ -262,7 +287,8 @@ class DevStore:
                     count += 1
         finally:
             self.replaying = False
-        log.info("dev store: replayed %d write(s) from %s", count, journal.name)
+        if count:
+            log.info("dev store: replayed %d write(s) from %s", count, journal.name)
         return count > 0
 
     # -- running --------------------------------------------------------------------------
@@ -319,10 +345,15 @@ class DevStore:
                     old.unlink(missing_ok=True)
 
     def close(self) -> None:
-        if self._journal is not None:
-            self.checkpoint()
-            self._journal.close()
-            self._journal = None
+        try:
+            if self._journal is not None:
+                self.checkpoint()
+                self._journal.close()
+                self._journal = None
+        finally:
+            if self._lock is not None:
+                self._lock.close()  # releases the flock
+                self._lock = None
 
 
 class _KeyPickler(pickle.Pickler):
@@ -513,7 +544,11 @@ class EmbeddedAws:
         if not folder or not self.uses_moto_dynamodb:
             return
         store = DevStore(Path(folder), region())
-        self.restored = store.load()
+        try:
+            self.restored = store.load()
+        except BaseException:
+            store.close()
+            raise
         self.store = store
         _active_store = store
 
