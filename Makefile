@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export AWS_DEFAULT_REGION ?= us-east-1
 
-.PHONY: dev dev-reset test lint typecheck openapi bench bench-cold-start package dynamodb-local clean
+.PHONY: dev dev-reset deploy test lint typecheck openapi bench bench-cold-start package dynamodb-local clean
 
 $(STAMP): requirements-dev.txt $(wildcard layers/*/requirements.txt) pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -52,6 +52,12 @@ bench-cold-start: $(STAMP)
 ## Build the layers (python3.13, arm64 wheels, no Docker) and function zips into build/.
 package: $(STAMP)
 	$(BIN)/python scripts/package.py
+
+## sam build (layers via BuildMethod: makefile: arm64 wheels, no Docker) then sam deploy:
+## guided by default; `make deploy CONFIG_ENV=prod` deploys with samconfig.toml's [prod].
+deploy: $(STAMP)
+	$(BIN)/sam build
+	$(if $(CONFIG_ENV),$(BIN)/sam deploy --config-env $(CONFIG_ENV),$(BIN)/sam deploy --guided)
 
 ## Run DynamoDB Local in the foreground on :8000 (use with DYNAMODB_ENDPOINT=http://127.0.0.1:8000).
 dynamodb-local: $(STAMP)
