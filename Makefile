@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export AWS_DEFAULT_REGION ?= us-east-1
 
-.PHONY: dev dev-reset deploy test lint typecheck openapi bench bench-cold-start package dynamodb-local clean
+.PHONY: dev dev-reset deploy checkov test lint typecheck openapi bench bench-cold-start package dynamodb-local clean
 
 $(STAMP): requirements-dev.txt $(wildcard layers/*/requirements.txt) pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,10 +26,22 @@ dev-reset:
 	@echo "emptied $(DEV_STORE)"
 
 ## Lint, type-check and run every test (DynamoDB Local tests included when Java is here).
-test: $(STAMP) lint typecheck
+test: $(STAMP) lint typecheck checkov
 	$(BIN)/python scripts/dynamodb_local.py install
 	$(BIN)/python -m pytest; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+
+## checkov on template.yaml (own venv: checkov pins boto3/botocore versions that clash
+## with the dev venv's): 0 failed checks, every skip with its reason on the resource.
+CHECKOV_VENV := .cache/checkov
+$(CHECKOV_VENV)/.installed: requirements-checkov.txt
+	test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet --upgrade pip
+	$(CHECKOV_VENV)/bin/pip install --quiet -r requirements-checkov.txt
+	touch $@
+
+checkov: $(STAMP) $(CHECKOV_VENV)/.installed
+	$(BIN)/python scripts/checkov_template.py --checkov $(CHECKOV_VENV)/bin/checkov
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
