@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
+
+from llmcredits.models import ApiModel
 
 # Accepted by LiteLLM from clients, but they would let a caller pick the upstream's
 # endpoint or credentials (BYOK keys are added by us, never taken from the body).
@@ -19,7 +21,7 @@ FORBIDDEN_FIELDS = frozenset(
 MAX_CHOICES = 8
 
 
-class ChatMessage(BaseModel):
+class ChatMessage(ApiModel):
     model_config = ConfigDict(extra="allow")
 
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
@@ -34,7 +36,7 @@ class ChatMessage(BaseModel):
         return self
 
 
-class ChatCompletionRequest(BaseModel):
+class ChatCompletionRequest(ApiModel):
     model_config = ConfigDict(extra="allow")
 
     model: str = Field(min_length=1, max_length=256, description='A catalog id or "auto"')
