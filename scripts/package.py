@@ -1,6 +1,7 @@
 """Build the Lambda layers and function zips from template.yaml, without Docker.
 
     python scripts/package.py [--out build] [--arch arm64|x86_64] [--keep-runtime-packages]
+    python scripts/package.py --sam-layer SharedLayer --artifacts DIR   (sam build's step)
 
 Driven by the template: every ``AWS::Serverless::LayerVersion`` with a ``ContentUri``
 directory is built the way ``sam build`` builds it (``requirements.txt`` installed, the
@@ -48,8 +49,8 @@ RUNTIME_PROVIDED = frozenset(
 
 PLATFORMS = {"arm64": "manylinux2014_aarch64", "x86_64": "manylinux2014_x86_64"}
 
-#: Never shipped from a layer's source directory.
-SKIP_NAMES = {"__pycache__", "requirements.txt"}
+#: Never shipped from a layer's source directory (the Makefile is sam build's recipe).
+SKIP_NAMES = {"__pycache__", "requirements.txt", "Makefile"}
 SKIP_SUFFIXES = (".egg-info", ".pyc", ".pyo", ".dist-info")
 
 
@@ -334,7 +335,9 @@ def read_stack(template: Path) -> tuple[dict[str, Layer], dict[str, Function]]:
             if not isinstance(content, str):
                 continue  # a layer from S3 or elsewhere: not ours to build
             meta = res.get("Metadata") or {}
-            runtime = str(meta.get("BuildMethod") or (props.get("CompatibleRuntimes") or [""])[0])
+            method = meta.get("BuildMethod")
+            runtime = str((props.get("CompatibleRuntimes") or [""])[0]
+                          if not method or method == "makefile" else method)
             arch = str(meta.get("BuildArchitecture")
                        or (props.get("CompatibleArchitectures") or ["x86_64"])[0])
             layers[name] = Layer(name, (base / content).resolve(), runtime, arch)
@@ -555,6 +558,49 @@ def table(rows: Iterable[list[str]], header: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _inputs_digest(layers: dict[str, Layer], extra: Iterable[Path]) -> str:
+    """What a layer build depends on: requirements, the layers' files, this script."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    files = [*extra]
+    for layer in sorted(layers.values(), key=lambda la: la.name):
+        digest.update(f"{layer.name} {layer.runtime} {layer.arch}\n".encode())
+        files.extend(sorted(p for p in layer.content.rglob("*") if p.is_file()
+                            and "__pycache__" not in p.parts and ".egg-info" not in str(p)))
+    for path in files:
+        digest.update(str(path).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def sam_layer(name: str, artifacts: Path, template: Path, cache: Path) -> int:
+    """``sam build`` (BuildMethod: makefile) of one layer: exactly what ``make package``
+    builds, copied into ``$ARTIFACTS_DIR``. sam builds the layers in parallel, so the
+    first call builds all of them (the earlier-layer deduplication needs every layer)
+    into ``cache`` under a lock, and the others reuse it."""
+    import fcntl
+
+    layers, functions = read_stack(template)
+    if name not in layers:
+        raise TemplateError(f"no layer {name!r} in {template}")
+    cache.mkdir(parents=True, exist_ok=True)
+    stamp = cache / "inputs.sha256"
+    with (cache / "lock").open("w") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        digest = _inputs_digest(layers, [Path(__file__).resolve(), template])
+        if not stamp.exists() or stamp.read_text() != digest:
+            stamp.unlink(missing_ok=True)
+            build_layers(layers, functions, cache, zips=False,
+                         log=lambda text: print(text, file=sys.stderr))
+            stamp.write_text(digest)
+    site = cache / "layers" / name / "python"
+    target = artifacts / "python"
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(site, target)
+    print(f"{name}: {mb(tree_size(target))} MB unzipped -> {target}", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--template", type=Path, default=ROOT / "template.yaml")
@@ -564,7 +610,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep-runtime-packages", action="store_true",
                         help=f"also ship {', '.join(sorted(RUNTIME_PROVIDED))} (as sam build does)")
     parser.add_argument("--no-pyc", action="store_true", help="ship sources only")
+    parser.add_argument("--sam-layer", metavar="NAME",
+                        help="sam build's makefile step: build layer NAME into --artifacts")
+    parser.add_argument("--artifacts", type=Path, help="sam's ARTIFACTS_DIR (--sam-layer)")
     args = parser.parse_args(argv)
+    if args.sam_layer:
+        if args.artifacts is None:
+            parser.error("--sam-layer needs --artifacts DIR")
+        return sam_layer(args.sam_layer, args.artifacts, args.template,
+                         args.out / "sam-layer-cache")
 
     layers, functions = read_stack(args.template)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -634,3 +634,58 @@ def test_post_without_a_configured_kms_key_is_a_clean_500(aws, monkeypatch):
     status, _, body = post_key("jay", "groq", KEYS["groq"])
     assert status == 500 and body["error"]["type"] == "server_error"
     assert_absent(KEYS["groq"], json.dumps(body))
+
+
+# --------------------------------------------------------------------------- aliases
+
+
+def test_providers_accept_the_names_model_ids_start_with() -> None:
+    """One alias table: each catalog model id's prefix names its provider's key."""
+    from pathlib import Path
+
+    catalog = json.loads((Path(domain.__file__).parents[1] / "data" / "catalog.json").read_text())
+    models = [m for m in _catalog_models(catalog) if m["provider"] in domain.PROVIDERS]
+    assert models, "the catalog has BYOK providers"
+    for model in models:
+        prefix = model["id"].split("/", 1)[0]
+        assert domain.provider_rule(prefix).name == model["provider"], model["id"]
+    assert domain.provider_rule("together_ai").name == "together"
+    assert domain.provider_rule("Fireworks_AI ").name == "fireworks"
+    for alias, name in domain.PROVIDER_ALIASES.items():
+        assert name in domain.PROVIDERS, alias
+    with pytest.raises(InvalidRequest, match="Unknown provider 'together_ia'"):
+        domain.provider_rule("together_ia")
+
+
+def _catalog_models(node: object) -> list[dict[str, str]]:
+    """Every {"id", "provider"} object in the catalog, wherever it is nested."""
+    found: list[dict[str, str]] = []
+    if isinstance(node, dict):
+        if isinstance(node.get("id"), str) and isinstance(node.get("provider"), str):
+            found.append(node)
+        for value in node.values():
+            found.extend(_catalog_models(value))
+    elif isinstance(node, list):
+        for value in node:
+            found.extend(_catalog_models(value))
+    return found
+
+
+def test_key_stored_under_an_alias_is_the_providers_key(kms_key) -> None:
+    status, _, body = post_key("ali", "together_ai", KEYS["together"])
+    assert status == 201 and body["provider"] == "together"
+    assert [k["provider"] for k in list_keys("ali")[2]["keys"]] == ["together"]
+    assert patch_key("ali", "fireworks_ai", {"enabled": False})[0] == 404
+    assert delete_key("ali", "together_ai")[0] == 204
+    assert list_keys("ali")[2]["keys"] == []
+
+
+def test_messages_use_the_right_article() -> None:
+    with pytest.raises(InvalidRequest) as wrong:
+        domain.normalize_key(domain.provider_rule("openai"), "nope-not-a-key-at-all")
+    assert "an OpenAI" in wrong.value.message and "a OpenAI" not in wrong.value.message
+    with pytest.raises(InvalidRequest) as wrong:
+        domain.normalize_key(domain.provider_rule("groq"), "nope-not-a-key-at-all")
+    assert "a Groq" in wrong.value.message
+    assert domain.provider_rule("anthropic").a_label == "an Anthropic"
+    assert domain.provider_rule("huggingface").a_label == "a Hugging Face"

@@ -118,3 +118,27 @@ def test_package_script_reads_the_template_like_pyyaml():
         for dist in needs.get(function.code.name, {"aws-lambda-powertools", "pydantic"}):
             assert f"\n{dist}" in f"\n{shipped}" or f"\n{dist}[" in f"\n{shipped}", (
                 f"{function.name} uses {dist} but none of its layers ships it")
+
+
+def test_api_models_build_their_validators_on_first_use_not_at_import():
+    """Cold start (issue 15): importing the models builds no pydantic validator."""
+    code = (
+        "import json, sys\n"
+        f"sys.path.insert(0, {str(ROOT / 'layers' / 'shared')!r})\n"
+        "import pydantic\n"
+        "from llmcredits import models, models_byok, models_catalog, models_chat,"
+        " models_payments\n"
+        "from llmcredits.http import openapi_responses\n"
+        "mods = [models, models_byok, models_catalog, models_chat, models_payments,"
+        " openapi_responses]\n"
+        "built = sorted(f'{m.__name__}.{n}' for m in mods for n, c in vars(m).items()\n"
+        "    if isinstance(c, type) and issubclass(c, pydantic.BaseModel)\n"
+        "    and c.__module__ == m.__name__ and c.__pydantic_complete__)\n"
+        "total = sum(1 for m in mods for c in vars(m).values() if isinstance(c, type)\n"
+        "    and issubclass(c, pydantic.BaseModel) and c.__module__ == m.__name__)\n"
+        "print(json.dumps([built, total]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    built, total = json.loads(out)
+    assert total >= 20 and built == []

@@ -57,9 +57,11 @@ def entries(user: str) -> list[Any]:
 
 
 @pytest.fixture(autouse=True)
-def operator_env(monkeypatch: pytest.MonkeyPatch) -> None:
+def operator_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
     monkeypatch.setenv("USER", "ops-alice")
     monkeypatch.setattr("sys.stdin", io.StringIO(""))  # no terminal unless a test says so
+    # A developer's running `make dev` must not become these tests' table.
+    monkeypatch.setenv(ops.STACK_FILE_ENV, str(tmp_path / "no-stack.json"))
 
 
 def one_line_error(err: str, *needles: str) -> None:
@@ -390,8 +392,17 @@ def test_export_ledger_csv(aws: None, capsys: Any, tmp_path: Any) -> None:
     # all users, a window
     code, out, err = run(capsys, "admin", "export-ledger", "--since", "2026-02-02",
                          "--until", "2026-02-03", "--json", *T)
-    assert [r["user_id"] for r in csv.DictReader(io.StringIO(out))] == ["kim"]
+    # --json: the entries as a JSON array on stdout (it printed CSV), the summary on stderr
+    (usage_row,) = json.loads(out)
+    assert (usage_row["user_id"], usage_row["amount"], usage_row["tokens"],
+            usage_row["model"]) == ("kim", "-0.000123", 42, "groq/llama")
     assert json.loads(err)["rows"] == 1
+    code, out, _ = run(capsys, "admin", "export-ledger", "--user", "lee", "--json", *T)
+    assert code == 0 and json.loads(out)[0]["metadata"] == {"by": "t",
+                                                             "reason": "welcome, \"hi\""}
+    code, out, _ = run(capsys, "admin", "export-ledger", "--user", "kim", "--since",
+                       "2026-03-01", "--json", *T)
+    assert code == 0 and json.loads(out) == []
 
     code, _, err = run(capsys, "admin", "export-ledger", "--since", "02/01/2026", *T)
     assert code == 2
@@ -524,7 +535,9 @@ def test_resolve_target_with_a_stubbed_describe_stacks() -> None:
                               environ=env) == ops.Target("t1", "ap-south-1")
     local = ops.resolve_target(table=None, stack=None, endpoint="http://127.0.0.1:8000",
                                region="us-east-1", environ={})
-    assert local.table == "llmcredits-local" and local.endpoint == "http://127.0.0.1:8000"
+    # the table the local stack creates (stack llmcredits-local, logical id LedgerTable)
+    assert local.table == "llmcredits-local-LedgerTable"
+    assert local.endpoint == "http://127.0.0.1:8000"
 
 
 # ------------------------------------------------------------------------ AWS failures
@@ -570,3 +583,140 @@ def test_reconcile_reports_a_corrupted_balance(aws: None, capsys: Any) -> None:
         ExpressionAttributeValues=to_item({":x": D("1")}))
     code, out, _ = run(capsys, "admin", "reconcile", *T, "--recheck-seconds", "0")
     assert code == 1 and "DISCREPANCY oz: balance is 6" in out
+
+
+# ------------------------------------------------------------------------ issue 15 defects
+
+
+def test_since_not_before_until_is_a_clear_usage_error(aws: None, capsys: Any) -> None:
+    ledger().grant("oli", D("1"), EntryType.BONUS, "x", "t")
+    for since, until in (("2026-02-01", "2026-01-01"), ("2026-01-01", "2026-01-01")):
+        code, out, err = run(capsys, "admin", "export-ledger", "--since", since,
+                             "--until", until, *T)
+        assert code == 2 and out == ""
+        one_line_error(err, f"--since {since} is not before --until {until}")
+
+
+class ClosedPipe(io.StringIO):
+    """stdout whose reader left after the first line (`... | head -1`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines = 0
+
+    def write(self, text: str) -> int:
+        self.lines += text.count("\n")
+        if self.lines > 1:
+            raise BrokenPipeError(32, "Broken pipe")
+        return super().write(text)
+
+    def fileno(self) -> int:
+        return self._fd
+
+    _fd = -1
+
+
+def test_export_into_a_closed_pipe_exits_quietly(
+    aws: None, capsys: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    for i in range(3):
+        ledger().grant("pip", D(i + 1), EntryType.BONUS, "x", "t")
+    pipe = ClosedPipe()
+    sink = (tmp_path / "sink").open("w")
+    pipe._fd = sink.fileno()  # main() points it at /dev/null: not the test's real stdout
+    monkeypatch.setattr("sys.stdout", pipe)
+    code = cli(["admin", "export-ledger", "--user", "pip", *T])
+    sink.close()
+    err = capsys.readouterr().err
+    assert code == 141 and "Traceback" not in err and "BrokenPipe" not in err
+    assert pipe.getvalue().startswith("id,user_id,")
+
+
+def test_replayed_grant_says_replay_up_front_and_asks_nothing(
+    aws: None, capsys: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    grant = ["admin", "grant", "rae", "3", "--type", "bonus", "--reason", "r",
+             "--idempotency-key", "rk"]
+    code, _, err = run(capsys, *grant, "--yes", *T)
+    assert code == 0 and "balance 0.000000" not in err  # a new account: created with 3
+    monkeypatch.setattr("sys.stdin", FakeTTY("n\n"))  # would abort if it asked
+    code, out, err = run(capsys, *grant, *T)
+    assert code == 0
+    assert err.startswith("replay: idempotency key 'rk' was already used")
+    assert "->" not in err and "Proceed?" not in err  # no preview of a change, no prompt
+    assert "replayed" in out and show(capsys, "rae")["balance"] == "3.000000"
+    # same for a downward adjustment
+    adjust = ["admin", "adjust", "rae", "-1", "--reason", "fix", "--idempotency-key", "ak"]
+    assert run(capsys, *adjust, "--yes", *T)[0] == 0
+    code, _, err = run(capsys, *adjust, *T)
+    assert code == 0 and err.startswith("replay: idempotency key 'ak'")
+    assert show(capsys, "rae")["balance"] == "2.000000"
+    # a different body under the same key is still a conflict, not a replay
+    code, _, err = run(capsys, "admin", "grant", "rae", "4", "--type", "bonus", "--reason",
+                       "r", "--idempotency-key", "rk", "--yes", *T)
+    assert code == 1
+    one_line_error(err, "different request body")
+
+
+def test_history_names_a_prefixed_model_once(aws: None, capsys: Any) -> None:
+    ledger().grant("hal", D("1"), EntryType.BONUS, "x", "t")
+    ledger().debit_usage("hal", D("0.01"), provider="openai", model="openai/gpt-4o-mini",
+                         tokens=9)
+    ledger().debit_usage("hal", D("0.01"), provider="groq", model="llama-3.1-8b", tokens=9)
+    code, out, _ = run(capsys, "admin", "history", "hal", *T)
+    assert code == 0
+    assert "openai/openai/" not in out and " openai/gpt-4o-mini 9 tokens" in out
+    assert " groq/llama-3.1-8b 9 tokens" in out
+    assert ops.model_label(None, "auto") == "auto"
+
+
+def test_byok_rotate_with_no_keys_calls_no_kms(
+    aws: None, capsys: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_kms(_target: Any) -> Any:
+        raise AssertionError("KMS must not be called when no key is stored")
+
+    monkeypatch.setattr(ops, "kms_client", no_kms)
+    code, out, err = run(capsys, "admin", "byok-rotate", "--new-kms-key-id", "alias/x", *T)
+    assert code == 0 and "no BYOK keys stored" in out and "Proceed" not in err
+
+
+def test_kms_unreachable_is_reported_as_kms_not_the_table() -> None:
+    from botocore.exceptions import EndpointConnectionError
+
+    target = ops.Target("t", "us-east-1", "http://127.0.0.1:8000")
+    down = EndpointConnectionError(endpoint_url="https://kms.us-east-1.amazonaws.com/")
+    failure = ops.explain(down, target)
+    assert failure is not None and failure.message.startswith("cannot reach KMS in region")
+    denied = ClientError({"Error": {"Code": "AccessDeniedException", "Message": "no"}},
+                         "GenerateDataKey")
+    failure = ops.explain(denied, target)
+    assert failure is not None and "for KMS in region us-east-1" in failure.message
+    table_down = EndpointConnectionError(endpoint_url="http://127.0.0.1:8000/")
+    failure = ops.explain(table_down, target)
+    assert failure is not None and "cannot reach table 't'" in failure.message
+
+
+def test_running_local_stack_is_found_through_its_stack_file(tmp_path: Any) -> None:
+    import os
+
+    path = tmp_path / "stack.json"
+    env = {ops.STACK_FILE_ENV: str(path), "AWS_REGION": "us-east-1"}
+    info = {"pid": os.getpid(), "table": "llmcredits-local-LedgerTable", "region": "us-east-1",
+            "dynamodb_endpoint": "http://127.0.0.1:1234", "kms_endpoint": "http://127.0.0.1:1234"}
+    ops.write_stack_file(path, info)
+    target = ops.resolve_target(table=None, stack=None, endpoint=None, region=None, environ=env)
+    assert target.local_stack and target.table == "llmcredits-local-LedgerTable"
+    assert target.endpoint == target.kms_endpoint == "http://127.0.0.1:1234"
+    assert "the running local stack" in target.where
+    # flags and TABLE_NAME still win over the local stack
+    assert ops.resolve_target(table="x", stack=None, endpoint=None, region=None,
+                              environ=env).table == "x"
+    # a stack file left by a killed server (its pid is gone) is ignored
+    ops.write_stack_file(path, {**info, "pid": 2**22 + 12345})
+    with pytest.raises(ops.UsageError, match="make dev"):
+        ops.resolve_target(table=None, stack=None, endpoint=None, region=None, environ=env)
+    ops.remove_stack_file(path, os.getpid())  # not ours: kept
+    assert path.exists()
+    ops.remove_stack_file(path, 2**22 + 12345)
+    assert not path.exists()

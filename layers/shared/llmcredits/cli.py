@@ -24,50 +24,123 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+#: Exit status after the reader of stdout went away (128 + SIGPIPE, as `git log | head`).
+EXIT_BROKEN_PIPE = 141
+
 
 def _repo_root() -> Path:
     return Path(__file__).resolve().parents[3]
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
-    """Serve the whole API locally (routes from template.yaml, embedded AWS, workers)."""
+    """Serve the whole API locally (routes from template.yaml, embedded AWS, workers).
+
+    The embedded store persists in ``.dev/store/`` (env LLMCREDITS_DEV_STORE; ``make
+    dev-reset`` empties it) and is served on a 127.0.0.1 port; ``.dev/stack.json`` says
+    where, so ``llmcredits admin ...`` finds this stack with no flags."""
+    import errno
+    import warnings
+
+    from llmcredits import ops
+    from llmcredits.local.embedded import ENDPOINT_ENV, STORE_DIR_ENV, StoreInUse
     from llmcredits.local.server import LocalStack
 
     logging.basicConfig(
-        level=os.environ.get("LLMCREDITS_LOCAL_LOG_LEVEL", "INFO"),
+        level=os.environ.get("LLMCREDITS_LOCAL_LOG_LEVEL", "WARNING"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # Quiet by default: one line per request. No EMF JSON on stdout (there is no
+    # CloudWatch here; POWERTOOLS_METRICS_DISABLED=false brings it back), and no warning
+    # from Powertools when a request (health) flushes no metric.
+    os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
+    warnings.filterwarnings("ignore", message="No application metrics to publish")
+    os.environ.setdefault(STORE_DIR_ENV, str(_repo_root() / ".dev" / "store"))
+    os.environ.setdefault(ENDPOINT_ENV, "1")
     stack = LocalStack(args.template, host=args.host, port=args.port)
-    stack.start()
+    try:
+        stack.start()
+    except OSError as exc:
+        if exc.errno in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
+            why = "is in use (another make dev?)" if exc.errno == errno.EADDRINUSE \
+                else f"cannot be used ({exc.strerror})"
+            print(f"llmcredits dev: port {args.port} on {args.host} {why}; "
+                  "stop it or choose another: PORT=3001 make dev", file=sys.stderr)
+            return 1
+        raise
+    except StoreInUse as exc:
+        print(f"llmcredits dev: {exc}", file=sys.stderr)
+        return 1
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stack.request_stop())
+    stack_file = ops.default_stack_file()
     try:
-        where = os.environ.get("DYNAMODB_ENDPOINT") or "embedded (moto)"
-        print(f"llmcredits local API on {stack.base_url} (DynamoDB: {where})", file=sys.stderr)
-        if stack.dev_upstream is not None:
-            print(
-                f"  dev upstream (deterministic stand-in): {stack.dev_upstream.url}",
-                file=sys.stderr,
-            )
-        elif os.environ.get("LITELLM_PROXY_URL"):
-            print(f"  upstream: {os.environ['LITELLM_PROXY_URL']}", file=sys.stderr)
-        if stack.dev_stripe is not None:
-            print(f"  dev Stripe (stand-in; pay at checkout_url): {stack.dev_stripe.url}",
-                  file=sys.stderr)
-        print(f"  OIDC issuer: {stack.local_url}/.well-known/openid-configuration",
-              file=sys.stderr)
-        for route in stack.router.routes:
-            r = route.route
-            auth = "public" if r.authorizer is None else r.authorizer
-            print(f"  {r.method:6} {r.path}  -> {r.function_id} [{auth}]", file=sys.stderr)
-        for worker in stack.workers:
-            print(f"  worker {worker.name}", file=sys.stderr)
-        print("Token: llmcredits token --sub USER [--admin]   (Ctrl-C to stop)", file=sys.stderr)
-        sys.stderr.flush()
+        embedded = stack.embedded
+        endpoint = os.environ.get("DYNAMODB_ENDPOINT") or (
+            embedded.endpoint_url if embedded is not None else None)
+        if embedded is not None and endpoint:
+            ops.write_stack_file(stack_file, {
+                "pid": os.getpid(),
+                "api": stack.base_url + API_BASE_PATH,
+                "table": embedded.env.get("TABLE_NAME"),
+                "region": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"),
+                "dynamodb_endpoint": endpoint,
+                "kms_endpoint": embedded.endpoint_url,
+                "store": str(embedded.store.folder) if embedded.store is not None else None,
+            })
+        _print_banner(stack, stack_file)
         stack.serve_forever()
     finally:
+        ops.remove_stack_file(stack_file, os.getpid())
         stack.stop()
     return 0
+
+
+#: The API's base path (DESIGN section 2).
+API_BASE_PATH = "/api/v1/llm"
+
+
+def _print_banner(stack: Any, stack_file: Path) -> None:
+    embedded = stack.embedded
+    if os.environ.get("DYNAMODB_ENDPOINT"):
+        where = os.environ["DYNAMODB_ENDPOINT"]
+    elif embedded is not None and embedded.store is not None:
+        state = "restored" if embedded.restored else "new"
+        where = f"embedded (moto), kept in {embedded.store.folder} ({state}; make dev-reset)"
+    else:
+        where = "embedded (moto), in memory"
+    lines = [f"llmcredits local API on {stack.base_url}{API_BASE_PATH} (DynamoDB: {where})"]
+    if stack.dev_upstream is not None:
+        lines.append(f"  dev upstream (deterministic stand-in): {stack.dev_upstream.url}")
+    elif os.environ.get("LITELLM_PROXY_URL"):
+        lines.append(f"  upstream: {os.environ['LITELLM_PROXY_URL']}")
+    if stack.dev_stripe is not None:
+        lines.append(f"  dev Stripe (stand-in; pay at checkout_url): {stack.dev_stripe.url}")
+    lines.append(f"  OIDC issuer: {stack.local_url}/.well-known/openid-configuration")
+    if embedded is not None and embedded.endpoint_url:
+        lines.append(f"  store endpoint for llmcredits admin / aws --endpoint-url: "
+                     f"{embedded.endpoint_url} (in {stack_file})")
+    for route in stack.router.routes:
+        r = route.route
+        auth = "public" if r.authorizer is None else r.authorizer
+        lines.append(f"  {r.method:6} {r.path}  -> {r.function_id} [{auth}]")
+    for worker in stack.workers:
+        lines.append(f"  worker {worker.name}")
+    lines.extend(_banner_credentials(stack))
+    lines.append("Ctrl-C to stop")
+    print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+def _banner_credentials(stack: Any) -> list[str]:
+    """Ready-to-paste credentials for the banner (a hook: an API key line joins here once
+    API keys exist)."""
+    ttl = 12 * 3600
+    user = stack.issue_token("alice", ttl=ttl)
+    admin = stack.issue_token("ops", admin=True, ttl=ttl)
+    return [
+        "Ready tokens (12 h; more with: .venv/bin/llmcredits token --sub USER [--admin]):",
+        f"  TOKEN={user}",
+        f"  ADMIN={admin}",
+    ]
 
 
 def cmd_token(args: argparse.Namespace) -> int:
@@ -193,15 +266,22 @@ def cmd_admin_byok_rotate(args: argparse.Namespace) -> int:
     import json
 
     from llmcredits.dal.dynamodb_byok import DynamoByokStore
-    from llmcredits.dal.kms_envelope import Envelope, kms_client
-    from llmcredits.ops import dynamodb_client
+    from llmcredits.dal.kms_envelope import Envelope
+    from llmcredits.ops import dynamodb_client, kms_client
     from llmcredits.services.byok import ByokService
 
     target = _admin_target(args)
     store = DynamoByokStore(dynamodb_client(target), target.table)
-    envelope = Envelope(kms_client(), None)
-    service = ByokService(store, lambda: envelope, ensure_account=lambda _user: None)
     count = sum(1 for _ in store.scan_all())
+    if count == 0:  # nothing to do: no KMS call, no prompt
+        if args.json:
+            print(json.dumps({"ok": True, "rotated": 0, "already_current": 0, "gone": 0,
+                              "failed": [], "new_kms_key_arn": None}, indent=2))
+        else:
+            print(f"no BYOK keys stored in table {target.table}: nothing to rotate")
+        return 0
+    envelope = Envelope(kms_client(target), None)
+    service = ByokService(store, lambda: envelope, ensure_account=lambda _user: None)
     _admin_confirm(args, [f"re-encrypt {count} stored BYOK key(s) of table {target.table} "
                           f"under KMS key {args.new_kms_key_id}"])
     report = service.rotate_all(args.new_kms_key_id)
@@ -243,6 +323,12 @@ def cmd_admin_grant(args: argparse.Namespace) -> int:
     actor = ops.resolve_actor(args.actor)
     entry_type = EntryType(args.type)
     operator = _admin_operator(args)
+    earlier = operator.earlier_grant(args.user, amount, entry_type, reason, actor,
+                                     args.idempotency_key)
+    if earlier is not None:  # a retry: say so instead of previewing a change
+        print(ops.format_replay(earlier, args.idempotency_key), file=sys.stderr)
+        _admin_print(args, ops.format_change("granted", earlier), earlier.view())
+        return 0
     _admin_confirm(args, operator.describe_grant(args.user, amount, entry_type, reason, actor))
     outcome = operator.grant(args.user, amount, entry_type, reason, actor, args.idempotency_key)
     _admin_print(args, ops.format_change("granted", outcome), outcome.view())
@@ -259,6 +345,12 @@ def cmd_admin_adjust(args: argparse.Namespace) -> int:
     reason = ops.require_text(args.reason, "--reason")
     actor = ops.resolve_actor(args.actor)
     operator = _admin_operator(args)
+    earlier = operator.earlier_adjust(args.user, amount, reason, actor, args.allow_negative,
+                                      args.idempotency_key)
+    if earlier is not None:  # a retry: say so instead of previewing a change
+        print(ops.format_replay(earlier, args.idempotency_key), file=sys.stderr)
+        _admin_print(args, ops.format_change("adjusted", earlier), earlier.view())
+        return 0
     _admin_confirm(
         args, operator.describe_adjust(args.user, amount, reason, actor, args.allow_negative)
     )
@@ -322,10 +414,12 @@ def cmd_admin_export_ledger(args: argparse.Namespace) -> int:
 
     since = ops.parse_day(args.since, "--since") if args.since else None
     until = ops.parse_day(args.until, "--until") if args.until else None
+    ops.check_window(since, until)
+    write = ops.write_json if args.json else ops.write_csv
     operator = _admin_operator(args)
     entries = operator.ledger_entries(args.user, since, until)
     if args.output == "-":
-        rows = ops.write_csv(entries, sys.stdout)
+        rows = write(entries, sys.stdout)
         sys.stdout.flush()
     else:
         # Written beside the target and renamed: a failed export leaves no partial file.
@@ -333,7 +427,7 @@ def cmd_admin_export_ledger(args: argparse.Namespace) -> int:
         partial = output.with_name(f".{output.name}.partial")
         try:
             with partial.open("w", newline="", encoding="utf-8") as out:
-                rows = ops.write_csv(entries, out)
+                rows = write(entries, out)
             partial.replace(output)
         except OSError as exc:
             partial.unlink(missing_ok=True)
@@ -345,10 +439,9 @@ def cmd_admin_export_ledger(args: argparse.Namespace) -> int:
                "user_id": args.user, "since": args.since, "until": args.until}
     where = "stdout" if args.output == "-" else args.output
     text = f"exported {rows} ledger entr{'y' if rows == 1 else 'ies'} to {where}"
-    if args.json:
-        print(ops.to_json(summary), file=sys.stderr if args.output == "-" else sys.stdout)
-    else:
-        print(text, file=sys.stderr)
+    # The entries are the output (CSV, or a JSON array with --json); the summary goes to
+    # stderr (as JSON with --json), so stdout stays one document.
+    print(ops.to_json(summary) if args.json else text, file=sys.stderr)
     return 0
 
 
@@ -425,7 +518,8 @@ def _add_admin_commands(admin_sub: Any) -> None:
     export.add_argument("--user", help="only this user (default: every user)")
     export.add_argument("--since", help="entries from this UTC day on (YYYY-MM-DD)")
     export.add_argument("--until", help="entries before this UTC day (YYYY-MM-DD)")
-    export.add_argument("--output", "-o", default="-", help="CSV file, or - for stdout")
+    export.add_argument("--output", "-o", default="-",
+                        help="file (CSV; a JSON array with --json), or - for stdout")
     _add_target_args(export, confirm=False)
     export.set_defaults(func=cmd_admin_export_ledger)
 
@@ -483,7 +577,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except BrokenPipeError:
+        # The reader left (`... | head`): stop quietly, as other Unix tools do. Point
+        # stdout at /dev/null so the interpreter's final flush cannot fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

@@ -49,16 +49,23 @@ EntryTypeName = Literal["purchase", "usage", "refund", "bonus", "adjustment", "c
                         "expiry", "reinstatement"]
 
 
-class Strict(BaseModel):
+class ApiModel(BaseModel):
+    """Every API model: its validator is built on first use, not at import (cold start:
+    a function imports many models and uses one or two per request)."""
+
+    model_config = ConfigDict(defer_build=True)
+
+
+class Strict(ApiModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class HealthResponse(BaseModel):
+class HealthResponse(ApiModel):
     status: Literal["ok"]
     version: str
 
 
-class CreditsResponse(BaseModel):
+class CreditsResponse(ApiModel):
     user_id: str
     balance: MoneyOut
     held: MoneyOut = Field(description="Reserved by chat requests in flight")
@@ -76,7 +83,7 @@ class MonthlyCapRequest(Strict):
     )
 
 
-class LedgerEntryOut(BaseModel):
+class LedgerEntryOut(ApiModel):
     id: str
     created_at: str
     type: EntryTypeName
@@ -89,7 +96,7 @@ class LedgerEntryOut(BaseModel):
     metadata: dict[str, Any]
 
 
-class HistoryResponse(BaseModel):
+class HistoryResponse(ApiModel):
     items: list[LedgerEntryOut]
     next_cursor: str | None
 
@@ -100,7 +107,7 @@ class AdminGrantRequest(Strict):
     reason: str = Field(default="", max_length=500)
 
 
-class AdminGrantResponse(BaseModel):
+class AdminGrantResponse(ApiModel):
     user_id: str
     balance: MoneyOut
     entry: LedgerEntryOut

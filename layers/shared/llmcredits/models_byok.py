@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, StrictBool
+from pydantic import ConfigDict, Field, SecretStr, StrictBool
+
+from llmcredits.models import ApiModel
 
 PROVIDER_FIELD = Field(
     description="openai, anthropic, openrouter, groq, huggingface, together, fireworks or "
@@ -12,7 +14,7 @@ PROVIDER_FIELD = Field(
 )
 
 
-class ByokKeyCreate(BaseModel):
+class ByokKeyCreate(ApiModel):
     model_config = ConfigDict(extra="forbid")
 
     provider: str = PROVIDER_FIELD
@@ -23,7 +25,7 @@ class ByokKeyCreate(BaseModel):
     )
 
 
-class ByokKeyPatch(BaseModel):
+class ByokKeyPatch(ApiModel):
     model_config = ConfigDict(extra="forbid")
 
     enabled: StrictBool = Field(
@@ -32,7 +34,7 @@ class ByokKeyPatch(BaseModel):
     )
 
 
-class ByokKeyOut(BaseModel):
+class ByokKeyOut(ApiModel):
     provider: str
     masked_key: str = Field(description="Prefix and last four characters", examples=["sk-…abcd"])
     enabled: bool
@@ -44,5 +46,5 @@ class ByokKeyOut(BaseModel):
     updated_at: str
 
 
-class ByokKeyList(BaseModel):
+class ByokKeyList(ApiModel):
     keys: list[ByokKeyOut]

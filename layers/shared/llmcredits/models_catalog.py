@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from llmcredits.domain.pricing import Catalog, Model
-from llmcredits.models import MoneyOut
+from llmcredits.models import ApiModel, MoneyOut
 from llmcredits.money import format_money
 
 
-class ModelPricing(BaseModel):
+class ModelPricing(ApiModel):
     """Prices in credits (1 credit = 1 USD) per 1,000 tokens, as 6-place strings."""
 
     unit: Literal["1K tokens"] = "1K tokens"
@@ -28,7 +28,7 @@ class ModelPricing(BaseModel):
     completion: MoneyOut = Field(description="What the caller pays per 1K completion tokens")
 
 
-class ModelOut(BaseModel):
+class ModelOut(ApiModel):
     id: str = Field(description='The value to send as "model"')
     object: Literal["model"] = "model"
     created: int
@@ -44,7 +44,7 @@ class ModelOut(BaseModel):
     allowed: bool = Field(description="Whether the caller's tier may use this model")
 
 
-class ModelList(BaseModel):
+class ModelList(ApiModel):
     object: Literal["list"] = "list"
     data: list[ModelOut]
 

@@ -18,7 +18,6 @@ from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
@@ -27,6 +26,7 @@ from pydantic import (
 )
 
 from llmcredits.errors import InvalidRequest
+from llmcredits.models import ApiModel
 
 MAX_CHOICES = 8
 MAX_STOP_SEQUENCES = 16
@@ -176,7 +176,7 @@ Int64 = Annotated[int, Field(ge=-(2**63), le=INT64_MAX), BeforeValidator(_intege
 TopLogprobs = Annotated[int, Field(ge=0, le=20), BeforeValidator(_integer)]
 
 
-class ChatMessage(BaseModel):
+class ChatMessage(ApiModel):
     model_config = ConfigDict(extra="allow")
 
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
@@ -191,7 +191,7 @@ class ChatMessage(BaseModel):
         return self
 
 
-class ChatCompletionRequest(BaseModel):
+class ChatCompletionRequest(ApiModel):
     # Unknown fields are refused by _allow_listed (with a message); "forbid" backs it up.
     model_config = ConfigDict(extra="forbid")
 

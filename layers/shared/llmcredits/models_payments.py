@@ -5,9 +5,9 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Annotated
 
-from pydantic import BaseModel, BeforeValidator, Field, WithJsonSchema
+from pydantic import BeforeValidator, Field, WithJsonSchema
 
-from llmcredits.models import Strict
+from llmcredits.models import ApiModel, Strict
 from llmcredits.money import MoneyError, parse_money
 
 PURCHASE_AMOUNT_SCHEMA = {
@@ -50,12 +50,12 @@ class PurchaseRequest(Strict):
     )
 
 
-class PurchaseResponse(BaseModel):
+class PurchaseResponse(ApiModel):
     checkout_url: str = Field(description="Stripe Checkout page to send the buyer to")
     session_id: str = Field(examples=["cs_test_a1b2c3"])
 
 
-class WebhookResponse(BaseModel):
+class WebhookResponse(ApiModel):
     received: bool
     event_id: str
     type: str

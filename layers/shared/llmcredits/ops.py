@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import IO, Any
 
 from llmcredits.domain.ledger import EntryType, LedgerEntry, Tier
@@ -62,8 +63,13 @@ class Aborted(OpsError):
 
 # -- where the table is ----------------------------------------------------------------
 
-DEFAULT_LOCAL_TABLE = "llmcredits-local"
+#: The table ``make dev`` creates (stack llmcredits-local, logical id LedgerTable).
+DEFAULT_LOCAL_TABLE = "llmcredits-local-LedgerTable"
 TABLE_OUTPUT = "TableName"
+#: Env: where ``llmcredits dev`` says where it listens (default <repo>/.dev/stack.json).
+STACK_FILE_ENV = "LLMCREDITS_STACK_FILE"
+#: The dummy credential for local endpoints (DynamoDB Local scopes tables by key id).
+LOCAL_CREDENTIAL = "local"
 
 
 @dataclass(frozen=True)
@@ -72,12 +78,60 @@ class Target:
     region: str
     endpoint: str | None = None
     stack: str | None = None
+    #: The KMS endpoint of a local stack (None: the region's KMS, or env KMS_ENDPOINT).
+    kms_endpoint: str | None = None
+    #: Found through the running local stack's stack file (``make dev``).
+    local_stack: bool = False
 
     @property
     def where(self) -> str:
         place = self.endpoint or f"region {self.region}"
         via = f" (stack {self.stack})" if self.stack else ""
+        via = " (the running local stack)" if self.local_stack else via
         return f"table {self.table!r}{via} at {place}"
+
+
+def default_stack_file(environ: Mapping[str, str] = os.environ) -> Path:
+    configured = environ.get(STACK_FILE_ENV)
+    if configured:
+        return Path(configured)
+    return Path(__file__).resolve().parents[3] / ".dev" / "stack.json"
+
+
+def write_stack_file(path: Path, info: Mapping[str, Any]) -> None:
+    """Written by ``llmcredits dev`` once it listens (atomically: a reader never sees half)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(dict(info), indent=2) + "\n", encoding="utf-8")
+    partial.replace(path)
+
+
+def remove_stack_file(path: Path, pid: int) -> None:
+    """Remove the stack file if it is still this process's (another dev may have started)."""
+    try:
+        if json.loads(path.read_text(encoding="utf-8")).get("pid") == pid:
+            path.unlink()
+    except (OSError, ValueError):
+        pass
+
+
+def _running_local_stack(path: Path) -> dict[str, Any] | None:
+    """The stack file of a ``llmcredits dev`` that is still running, else None."""
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(info, dict) or not info.get("dynamodb_endpoint") or not info.get("table"):
+        return None
+    pid = info.get("pid")
+    if isinstance(pid, int):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None  # left behind by a killed dev server
+        except PermissionError:
+            pass  # alive, someone else's
+    return info
 
 
 def _session(region: str | None) -> Any:
@@ -122,9 +176,14 @@ def resolve_target(
     table = table or environ.get("TABLE_NAME") or None
     if table is None:
         if endpoint is None:
+            local = _running_local_stack(default_stack_file(environ))
+            if local is not None:
+                return Target(str(local["table"]), str(local.get("region") or region),
+                              str(local["dynamodb_endpoint"]), None,
+                              kms_endpoint=local.get("kms_endpoint") or None, local_stack=True)
             raise UsageError(
                 "no table: give --stack NAME (reads its TableName output), --table NAME, "
-                "or set TABLE_NAME"
+                "or set TABLE_NAME (or start the local stack: make dev)"
             )
         table = DEFAULT_LOCAL_TABLE
     return Target(table, region, endpoint)
@@ -154,12 +213,35 @@ def stack_table(cfn: Any, stack: str, region: str) -> str:
     )
 
 
+def _local_credentials(endpoint: str | None) -> dict[str, str]:
+    """Dummy credentials for a loopback endpoint when the shell has none (DynamoDB Local
+    and the embedded store accept any; DynamoDB Local keeps tables per key id, and the
+    local stack uses this same dummy)."""
+    from urllib.parse import urlparse
+
+    if not endpoint or os.environ.get("AWS_ACCESS_KEY_ID") or os.environ.get("AWS_PROFILE"):
+        return {}
+    if urlparse(endpoint).hostname not in ("127.0.0.1", "localhost", "::1"):
+        return {}
+    return {"aws_access_key_id": LOCAL_CREDENTIAL, "aws_secret_access_key": LOCAL_CREDENTIAL}
+
+
 def dynamodb_client(target: Target) -> Any:
     return _session(target.region).client(
         "dynamodb",
         region_name=target.region,
         endpoint_url=target.endpoint,
         config=_client_config(),
+        **_local_credentials(target.endpoint),
+    )
+
+
+def kms_client(target: Target) -> Any:
+    """KMS for BYOK rotation: the local stack's, env KMS_ENDPOINT, or the region's."""
+    endpoint = target.kms_endpoint or os.environ.get("KMS_ENDPOINT") or None
+    return _session(target.region).client(
+        "kms", region_name=target.region, endpoint_url=endpoint, config=_client_config(),
+        **_local_credentials(endpoint),
     )
 
 
@@ -200,6 +282,13 @@ def parse_day(text: str, what: str) -> str:
     except ValueError as exc:
         raise UsageError(f"bad {what} {text!r}: expected YYYY-MM-DD") from exc
     return day.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def check_window(since: str | None, until: str | None) -> None:
+    """``--since`` must come before ``--until`` (an empty window is a mistake, not a result)."""
+    if since is not None and until is not None and since >= until:
+        raise UsageError(f"--since {since[:10]} is not before --until {until[:10]}: the window "
+                         "is empty (--since is inclusive, --until exclusive)")
 
 
 def resolve_actor(actor: str | None, environ: Mapping[str, str] = os.environ) -> str:
@@ -323,6 +412,31 @@ class Operator:
         return bool(self.ledger.history(user_id, 1, cursor, entry_type).entries)
 
     # changes: describe (for the confirmation), then do
+
+    def earlier_grant(
+        self, user_id: str, amount: Decimal, entry_type: EntryType, reason: str, actor: str,
+        idempotency_key: str | None,
+    ) -> ChangeOutcome | None:
+        """What a grant with this idempotency key already did (None: it would change)."""
+        from llmcredits.services.ledger import grant_claim
+
+        claim = grant_claim(user_id, amount, entry_type, reason, actor, idempotency_key)
+        earlier = self.ledger.earlier_result(user_id, claim)
+        return None if earlier is None else ChangeOutcome(earlier.body, True)
+
+    def earlier_adjust(
+        self, user_id: str, amount: Decimal, reason: str, actor: str, allow_negative: bool,
+        idempotency_key: str | None,
+    ) -> ChangeOutcome | None:
+        """What an adjustment with this idempotency key already did (None: it would change)."""
+        if amount > ZERO:
+            return self.earlier_grant(user_id, amount, EntryType.ADJUSTMENT, reason, actor,
+                                      idempotency_key)
+        from llmcredits.services.ledger import adjust_claim
+
+        claim = adjust_claim(user_id, -amount, reason, actor, allow_negative, idempotency_key)
+        earlier = self.ledger.earlier_result(user_id, claim)
+        return None if earlier is None else ChangeOutcome(earlier.body, True)
 
     def describe_grant(
         self, user_id: str, amount: Decimal, entry_type: EntryType, reason: str, actor: str
@@ -573,7 +687,7 @@ def format_history(entries: list[LedgerEntry], more: bool) -> str:
 def _details(entry: LedgerEntry) -> str:
     parts = []
     if entry.model:
-        parts.append(f"{entry.provider or '?'}/{entry.model}" if entry.provider else entry.model)
+        parts.append(model_label(entry.provider, entry.model))
     if entry.tokens is not None:
         parts.append(f"{entry.tokens} tokens")
     meta = entry.metadata or {}
@@ -582,6 +696,43 @@ def _details(entry: LedgerEntry) -> str:
     if "by" in meta:
         parts.append(f"by={meta['by']}")
     return " ".join(parts)
+
+
+def model_label(provider: str | None, model: str) -> str:
+    """``provider/model`` once: ledger models are often already prefixed (openai/gpt-4o-mini)."""
+    if not provider or model.startswith(f"{provider}/"):
+        return model
+    return f"{provider}/{model}"
+
+
+def export_json_row(entry: LedgerEntry) -> dict[str, Any]:
+    """An export row as JSON: the CSV columns, metadata as an object, money as strings."""
+    row: dict[str, Any] = dict(zip(EXPORT_COLUMNS, export_row(entry), strict=True))
+    row["tokens"] = entry.tokens
+    row["cost"] = None if entry.cost is None else row["cost"]
+    row["provider"] = entry.provider
+    row["model"] = entry.model
+    row["metadata"] = entry.metadata or {}
+    return row
+
+
+def write_json(entries: Iterator[LedgerEntry], out: IO[str]) -> int:
+    """A JSON array written entry by entry (an export can be larger than memory)."""
+    count = 0
+    out.write("[")
+    for entry in entries:
+        out.write(",\n  " if count else "\n  ")
+        out.write(json.dumps(export_json_row(entry), default=str))
+        count += 1
+    out.write("\n]\n" if count else "]\n")
+    return count
+
+
+def format_replay(outcome: ChangeOutcome, idempotency_key: str | None) -> str:
+    entry = outcome.body["entry"]
+    return (f"replay: idempotency key {idempotency_key!r} was already used for this change "
+            f"(entry {entry['id']}, {entry['amount']} at {entry['created_at']}); nothing will "
+            "change")
 
 
 def format_change(verb: str, outcome: ChangeOutcome) -> str:
@@ -603,6 +754,24 @@ _ACCESS_CODES = {
 }
 
 
+_KMS_OPERATIONS = {"Decrypt", "Encrypt", "GenerateDataKey", "DescribeKey", "ReEncrypt"}
+
+
+def _is_kms_failure(exc: BaseException, target: Target | None) -> bool:
+    """A failure of a KMS call (so it is not reported as the table's)."""
+    if getattr(exc, "operation_name", None) in _KMS_OPERATIONS:  # ClientError
+        return True
+    url = str(getattr(exc, "kwargs", {}).get("endpoint_url") or "")
+    if not url:
+        return False
+    kms_endpoint = (target.kms_endpoint if target is not None else None) or os.environ.get(
+        "KMS_ENDPOINT")
+    dynamodb_endpoint = target.endpoint if target is not None else None
+    if kms_endpoint and url.startswith(kms_endpoint) and kms_endpoint != dynamodb_endpoint:
+        return True
+    return "://kms." in url
+
+
 def explain(exc: BaseException, target: Target | None) -> OpsError | None:
     """The one-line failure for an expected exception (None: a bug, let it raise)."""
     from botocore.exceptions import (
@@ -616,6 +785,11 @@ def explain(exc: BaseException, target: Target | None) -> OpsError | None:
     )
 
     where = target.where if target is not None else "AWS"
+    if _is_kms_failure(exc, target):
+        kms_endpoint = (target.kms_endpoint if target is not None else None) or os.environ.get(
+            "KMS_ENDPOINT")
+        region = target.region if target is not None else "?"
+        where = f"KMS at {kms_endpoint}" if kms_endpoint else f"KMS in region {region}"
     if isinstance(exc, OpsError):
         return exc
     if isinstance(exc, MoneyError):
@@ -653,6 +827,7 @@ __all__ = [
     "OpsError",
     "Target",
     "UsageError",
+    "check_window",
     "confirm",
     "explain",
     "parse_amount",

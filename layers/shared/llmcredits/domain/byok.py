@@ -36,6 +36,11 @@ class ProviderRule:
     #: Prefixes of other providers' keys that also match this pattern (a clearer error).
     not_prefixes: tuple[str, ...] = ()
 
+    @property
+    def a_label(self) -> str:
+        """The label with its article: "an OpenAI", "a Groq" (by the sound of each label)."""
+        return f"{'an' if self.label[0] in 'AEIOaeio' else 'a'} {self.label}"
+
 
 def _rule(name: str, label: str, pattern: str, expected: str, display_prefix: str,
           not_prefixes: tuple[str, ...] = ()) -> ProviderRule:
@@ -71,6 +76,27 @@ PROVIDERS: dict[str, ProviderRule] = {
 }
 
 
+#: Other names of a provider: the model-id prefixes of the catalog and LiteLLM
+#: ("together_ai/..."), so a key is stored under the name a model id starts with too.
+PROVIDER_ALIASES: dict[str, str] = {
+    "together_ai": "together",
+    "together-ai": "together",
+    "togetherai": "together",
+    "fireworks_ai": "fireworks",
+    "fireworks-ai": "fireworks",
+    "hugging_face": "huggingface",
+    "hf": "huggingface",
+    "deep_infra": "deepinfra",
+    "open_router": "openrouter",
+}
+
+
+def canonical_provider(name: str) -> str:
+    """The provider's name in PROVIDERS for any accepted spelling (lower case)."""
+    name = name.strip().lower()
+    return PROVIDER_ALIASES.get(name, name)
+
+
 def supported() -> str:
     return ", ".join(sorted(PROVIDERS))
 
@@ -81,7 +107,7 @@ def provider_rule(provider: object, param: str = "provider") -> ProviderRule:
         raise InvalidRequest(f"{param} is required: one of {supported()}.", param=param,
                              code="unknown_provider")
     name = provider.strip().lower()
-    rule = PROVIDERS.get(name)
+    rule = PROVIDERS.get(canonical_provider(name))
     if rule is None:
         shown = name if len(name) <= 40 and _ASCII_PRINTABLE.match(name) else "(not shown)"
         raise InvalidRequest(
@@ -109,7 +135,7 @@ def normalize_key(rule: ProviderRule, api_key: object) -> str:
     if not _ASCII_PRINTABLE.match(key):
         raise InvalidRequest(
             "api_key must be one word of printable ASCII characters (no spaces or line "
-            f"breaks): a {rule.label} API key {rule.expected}.",
+            f"breaks): {rule.a_label} API key {rule.expected}.",
             param="api_key", code="invalid_api_key",
         )
     for other in rule.not_prefixes:
@@ -117,13 +143,13 @@ def normalize_key(rule: ProviderRule, api_key: object) -> str:
             owner = next((r.label for r in PROVIDERS.values() if other in r.display_prefixes),
                          "another provider")
             raise InvalidRequest(
-                f"api_key looks like a key of {owner}, not of {rule.label}: a {rule.label} "
+                f"api_key looks like a key of {owner}, not of {rule.label}: {rule.a_label} "
                 f"key {rule.expected}. Send it with the matching provider.",
                 param="api_key", code="invalid_api_key",
             )
     if not rule.pattern.match(key):
         raise InvalidRequest(
-            f"api_key does not look like a {rule.label} API key: a {rule.label} key "
+            f"api_key does not look like {rule.a_label} API key: {rule.a_label} key "
             f"{rule.expected}.",
             param="api_key", code="invalid_api_key",
         )

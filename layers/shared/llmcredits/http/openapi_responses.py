@@ -21,9 +21,9 @@ from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse
-from pydantic import BaseModel, ConfigDict, Field, RootModel, WithJsonSchema
+from pydantic import ConfigDict, Field, RootModel, WithJsonSchema
 
-from llmcredits.models import MONEY_SCHEMA
+from llmcredits.models import MONEY_SCHEMA, ApiModel
 
 JSON = "application/json"
 EVENT_STREAM = "text/event-stream"
@@ -32,7 +32,7 @@ EVENT_STREAM = "text/event-stream"
 # ------------------------------------------------------------------ error bodies
 
 
-class ErrorDetail(BaseModel):
+class ErrorDetail(ApiModel):
     message: str = Field(description="What went wrong, for a human")
     type: str = Field(
         description="invalid_request_error, authentication_error, billing_error, "
@@ -48,13 +48,13 @@ class ErrorDetail(BaseModel):
     param: str | None = Field(description="The offending parameter, when there is one")
 
 
-class ErrorResponse(BaseModel):
+class ErrorResponse(ApiModel):
     """The OpenAI error shape, used by every error this API answers."""
 
     error: ErrorDetail
 
 
-class GatewayError(BaseModel):
+class GatewayError(ApiModel):
     """API Gateway's own answer (before any function runs): ``{"message": ...}``.
 
     The local stack adds the OpenAI ``error`` object next to ``message``."""
@@ -65,6 +65,8 @@ class GatewayError(BaseModel):
 
 class GatewayOrApiError(RootModel[ErrorResponse | GatewayError]):
     """Either API Gateway's ``{"message"}`` or the API's OpenAI-shaped error."""
+
+    model_config = ConfigDict(defer_build=True)  # as ApiModel (a RootModel cannot share it)
 
 
 # ------------------------------------------------------- chat completion bodies
@@ -81,7 +83,7 @@ CostNumber = Annotated[
 ]
 
 
-class CompletionUsage(BaseModel):
+class CompletionUsage(ApiModel):
     model_config = ConfigDict(extra="allow")
 
     prompt_tokens: int | None = None
@@ -90,14 +92,14 @@ class CompletionUsage(BaseModel):
     cost: CostNumber
 
 
-class CompletionMessage(BaseModel):
+class CompletionMessage(ApiModel):
     model_config = ConfigDict(extra="allow")
 
     role: str = Field(examples=["assistant"])
     content: str | None = None
 
 
-class CompletionChoice(BaseModel):
+class CompletionChoice(ApiModel):
     model_config = ConfigDict(extra="allow")
 
     index: int
@@ -105,7 +107,7 @@ class CompletionChoice(BaseModel):
     finish_reason: str | None = Field(default=None, examples=["stop"])
 
 
-class ChatCompletion(BaseModel):
+class ChatCompletion(ApiModel):
     """The upstream's OpenAI chat completion, passed through, plus ``usage.cost``."""
 
     model_config = ConfigDict(extra="allow")

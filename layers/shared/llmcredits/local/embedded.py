@@ -7,15 +7,34 @@
 moto is not atomic under concurrent requests, so every DynamoDB and DynamoDB
 Streams request handled by moto runs under one global lock (:data:`MOTO_DYNAMODB_LOCK`):
 conditional writes and transactions then behave atomically under a threaded server.
+
+Persistence (``make dev``: env ``LLMCREDITS_DEV_STORE``, default folder ``.dev/store/``):
+:class:`DevStore` keeps a pickled snapshot of moto's DynamoDB and KMS backends plus a
+write-ahead journal of every committed DynamoDB write request (appended under the
+lock, so the journal order is the commit order). At start the snapshot is loaded, the
+journal replayed through moto's own request handler, and a new snapshot written
+(generation N+1, a fresh journal); a clean stop writes one too. A journal line costs
+one small file append per write, where pickling the store costs O(table) (~60 ms at
+3000 items), which a chat request (two writes) must not pay.
+
+Endpoint (env ``LLMCREDITS_DEV_ENDPOINT=1``): moto's server mode on 127.0.0.1 (a free
+port) in this process serves the same backends, so ``llmcredits admin`` and the AWS CLI
+reach the embedded store from another process; its requests take the same lock.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import json
 import logging
 import os
+import pickle
 import threading
+import time
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -28,6 +47,28 @@ log = logging.getLogger("llmcredits.local")
 MOTO_DYNAMODB_LOCK = threading.RLock()
 _patch_lock = threading.Lock()
 _patched = False
+
+#: Env: the folder where ``make dev`` keeps the embedded store (unset: in memory only).
+STORE_DIR_ENV = "LLMCREDITS_DEV_STORE"
+#: Env: "1" serves the embedded AWS on a 127.0.0.1 port for other processes.
+ENDPOINT_ENV = "LLMCREDITS_DEV_ENDPOINT"
+#: The dummy credential for DynamoDB Local (it scopes tables by access key id).
+DYNAMODB_LOCAL_CREDENTIAL = "local"
+#: moto's account for requests with unknown (dummy) credentials.
+MOTO_ACCOUNT_ID = "123456789012"
+
+#: DynamoDB actions that change state: journaled when they succeed.
+WRITE_ACTIONS = frozenset({
+    "PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem", "TransactWriteItems",
+    "CreateTable", "DeleteTable", "UpdateTable", "UpdateTimeToLive",
+    "ExecuteStatement", "BatchExecuteStatement", "ExecuteTransaction",
+    "TagResource", "UntagResource", "UpdateContinuousBackups",
+})
+#: DynamoDB Streams keep records 24 h; older ones are dropped when a snapshot loads
+#: (the aggregator's markers outlive that, so a redelivered record counts once).
+STREAM_RETENTION = timedelta(hours=24)
+
+_active_store: DevStore | None = None
 
 
 def install_moto_dynamodb_lock() -> None:
@@ -46,7 +87,11 @@ def install_moto_dynamodb_lock() -> None:
                 self: Any, *args: Any, _orig: Callable[..., Any] = original, **kwargs: Any
             ) -> Any:
                 with MOTO_DYNAMODB_LOCK:
-                    return _orig(self, *args, **kwargs)
+                    response = _orig(self, *args, **kwargs)
+                    store = _active_store
+                    if store is not None and not store.replaying:
+                        store.record(self, response)
+                    return response
 
             functools.update_wrapper(locked, original)
             cls.call_action = locked  # type: ignore[method-assign]
@@ -131,6 +176,234 @@ def _install_cheap_transaction_snapshots() -> None:
     moto_models.DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
 
 
+class StoreInUse(RuntimeError):
+    """Another process has the dev store open (two journals would corrupt it)."""
+
+
+class DevStore:
+    """Snapshot + write-ahead journal of the embedded moto store in ``folder``.
+
+    Files: ``snapshot.pickle`` ({"generation": N, "dynamodb": ..., "kms": ..., "meta":
+    ...}) and ``journal-N.jsonl`` (the writes committed since snapshot N). A snapshot is
+    written to a temporary file and renamed, then older journals are deleted, so a crash
+    at any point leaves a snapshot and exactly the journal that follows it.
+    """
+
+    SNAPSHOT = "snapshot.pickle"
+
+    def __init__(self, folder: Path, region_name: str) -> None:
+        self.folder = folder
+        self.region_name = region_name
+        self.generation = 0
+        self.meta: dict[str, Any] = {}
+        self.replaying = False
+        self.writes = 0
+        self.record_seconds = 0.0
+        self._journal: Any = None
+        self._lock: Any = None
+
+    # -- moto's backends ---------------------------------------------------------------
+    def _backends(self) -> tuple[Any, Any]:
+        from moto.backends import get_backend
+
+        return (get_backend("dynamodb")[MOTO_ACCOUNT_ID][self.region_name],
+                get_backend("kms")[MOTO_ACCOUNT_ID][self.region_name])
+
+    # -- start ----------------------------------------------------------------------------
+    def load(self) -> bool:
+        """Restore the snapshot and replay its journal; False when the folder is empty."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._lock_folder()
+        path = self.folder / self.SNAPSHOT
+        restored = False
+        if path.exists():
+            with path.open("rb") as f:
+                state = pickle.load(f)  # noqa: S301 - our own file in the dev folder
+            dynamodb, kms = self._backends()
+            dynamodb.__dict__.update(state["dynamodb"])
+            kms.__dict__.update(state["kms"])
+            self.generation = int(state["generation"])
+            self.meta = dict(state.get("meta") or {})
+            _trim_streams(dynamodb)
+            restored = True
+        journal = self._journal_path(self.generation)
+        if journal.exists():
+            restored = self._replay(journal) or restored
+        return restored
+
+    def _lock_folder(self) -> None:
+        import fcntl
+
+        lock = (self.folder / "lock").open("a+", encoding="utf-8")
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "?"
+            lock.close()
+            raise StoreInUse(
+                f"the dev store {self.folder} is in use by another llmcredits dev (pid "
+                f"{holder}); stop it, or set {STORE_DIR_ENV} to another folder"
+            ) from None
+        lock.truncate(0)
+        lock.write(str(os.getpid()))
+        lock.flush()
+        self._lock = lock
+
+    def _journal_path(self, generation: int) -> Path:
+        return self.folder / f"journal-{generation}.jsonl"
+
+    def _replay(self, journal: Path) -> bool:
+        from moto.core.request import Request as MotoRequest
+        from moto.dynamodb.responses import DynamoHandler
+
+        count = 0
+        self.replaying = True
+        try:
+            with journal.open(encoding="utf-8") as lines:
+                for line in lines:
+                    try:
+                        entry = json.loads(line)
+                    except json.JSONDecodeError:  # a torn last line (killed mid-append)
+                        log.warning("dev store: ignoring a torn journal line in %s", journal)
+                        break
+                    region_name = entry.get("region") or self.region_name
+                    url = f"https://dynamodb.{region_name}.amazonaws.com/"
+                    headers: dict[str, str] = {
+                        "Content-Type": "application/x-amz-json-1.0",
+                        "X-Amz-Target": f"DynamoDB_20120810.{entry['action']}",
+                        "Authorization": (
+                            "AWS4-HMAC-SHA256 Credential=replay/20260101/"
+                            f"{region_name}/dynamodb/aws4_request, "
+                            "SignedHeaders=host, Signature=0"
+                        ),
+                    }
+                    request = MotoRequest.from_primitives(
+                        "POST", url, headers, entry["body"].encode())
+                    status = DynamoHandler.dispatch(request, url, dict(request.headers))[0]
+                    if int(status) != 200:  # it succeeded before: the store diverged
+                        log.warning("dev store: replayed %s answered %s", entry["action"],
+                                    status)
+                    count += 1
+        finally:
+            self.replaying = False
+        if count:
+            log.info("dev store: replayed %d write(s) from %s", count, journal.name)
+        return count > 0
+
+    # -- running --------------------------------------------------------------------------
+    def open_journal(self) -> None:
+        """Snapshot what is loaded (generation + 1) and journal from there on."""
+        self.checkpoint()
+
+    def record(self, handler: Any, response: Any) -> None:
+        """Append a committed write (called under MOTO_DYNAMODB_LOCK)."""
+        if self._journal is None:
+            return
+        try:
+            action = handler._get_action()
+        except Exception:
+            return
+        if action not in WRITE_ACTIONS:
+            return
+        status = response[0] if isinstance(response, tuple) else 200
+        if int(status) != 200:
+            return
+        started = time.perf_counter()
+        body = handler.raw_body  # the request's JSON text, as sent
+        if isinstance(body, bytes):
+            body = body.decode("utf-8")
+        line = json.dumps({"action": action, "region": handler.region, "body": body},
+                          separators=(",", ":"))
+        self._journal.write(line + "\n")
+        self._journal.flush()  # the OS has it: survives a killed process, not a power cut
+        self.writes += 1
+        self.record_seconds += time.perf_counter() - started
+
+    def checkpoint(self) -> None:
+        """Write snapshot generation + 1 (under the lock), start its journal, drop the old."""
+        with MOTO_DYNAMODB_LOCK:
+            dynamodb, kms = self._backends()
+            state = {
+                "generation": self.generation + 1,
+                "dynamodb": dict(dynamodb.__dict__),
+                "kms": dict(kms.__dict__),
+                "meta": self.meta,
+            }
+            partial = self.folder / (self.SNAPSHOT + ".partial")
+            with partial.open("wb") as f:
+                _KeyPickler(f, protocol=pickle.HIGHEST_PROTOCOL).dump(state)
+                f.flush()
+                os.fsync(f.fileno())
+            partial.replace(self.folder / self.SNAPSHOT)
+            if self._journal is not None:
+                self._journal.close()
+            self.generation += 1
+            self._journal = self._journal_path(self.generation).open("a", encoding="utf-8")
+            for old in self.folder.glob("journal-*.jsonl"):
+                if old != self._journal_path(self.generation):
+                    old.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        try:
+            if self._journal is not None:
+                self.checkpoint()
+                self._journal.close()
+                self._journal = None
+        finally:
+            if self._lock is not None:
+                self._lock.close()  # releases the flock
+                self._lock = None
+
+
+class _KeyPickler(pickle.Pickler):
+    """Pickles moto's KMS keys: their cryptography private keys travel as PKCS#8 DER."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        module = type(obj).__module__
+        if module.startswith("cryptography.") and hasattr(obj, "private_bytes"):
+            from cryptography.hazmat.primitives import serialization
+
+            der = obj.private_bytes(
+                serialization.Encoding.DER,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+            return _load_private_key, (der,)
+        return NotImplemented
+
+
+def _load_private_key(der: bytes) -> Any:
+    from cryptography.hazmat.primitives import serialization
+
+    return serialization.load_der_private_key(der, None)
+
+
+def _trim_streams(dynamodb_backend: Any) -> None:
+    """Drop stream records older than the retention (keeping sequence numbers valid)."""
+    cutoff = datetime.now(UTC) - STREAM_RETENTION
+    for table in dynamodb_backend.tables.values():
+        shard = getattr(table, "stream_shard", None)
+        if shard is None or not shard.items:
+            continue
+        keep = 0
+        for index, record in enumerate(shard.items):
+            created = record.record["dynamodb"].get("ApproximateCreationDateTime")
+            if isinstance(created, datetime):
+                created = created if created.tzinfo else created.replace(tzinfo=UTC)
+                if created < cutoff:
+                    keep = index + 1
+                    continue
+            break
+        if keep:
+            del shard.items[:keep]
+            shard.starting_sequence_number += keep
+
+
+def default_store_dir() -> Path:
+    return Path(__file__).resolve().parents[4] / ".dev" / "store"
+
+
 def region() -> str:
     return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
 
@@ -197,6 +470,14 @@ class EmbeddedAws:
         self.table_names: dict[str, str] = {}
         self._mock: Any = None
         self._started = False
+        #: The persistent store (env LLMCREDITS_DEV_STORE), None when in memory only.
+        self.store: DevStore | None = None
+        #: True when the store held data from an earlier run.
+        self.restored = False
+        #: moto's server mode on 127.0.0.1 (env LLMCREDITS_DEV_ENDPOINT=1), for other
+        #: processes (``llmcredits admin``); None when not served.
+        self.endpoint_url: str | None = None
+        self._server: Any = None
 
     @property
     def uses_moto_dynamodb(self) -> bool:
@@ -210,26 +491,76 @@ class EmbeddedAws:
         install_moto_dynamodb_lock()
         os.environ.setdefault("AWS_DEFAULT_REGION", region())
         os.environ.setdefault("AWS_REGION", region())
-        if self.dynamodb_endpoint:
-            # DynamoDB Local accepts any credentials but scopes tables by key id.
-            os.environ.setdefault("AWS_ACCESS_KEY_ID", "local")
-            os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "local")
+        own_credentials = {
+            name: os.environ[name]
+            for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+            if os.environ.get(name)
+        }
         self._mock = mock_aws()
         self._mock.start()
         self._started = True
+        if self.dynamodb_endpoint:
+            # DynamoDB Local accepts any credentials but scopes tables by key id, and
+            # mock_aws just replaced them with its FOOBARKEY: use the caller's, else the
+            # dummy "local" that the README's DynamoDB Local recipe uses.
+            os.environ["AWS_ACCESS_KEY_ID"] = own_credentials.get(
+                "AWS_ACCESS_KEY_ID", DYNAMODB_LOCAL_CREDENTIAL)
+            os.environ["AWS_SECRET_ACCESS_KEY"] = own_credentials.get(
+                "AWS_SECRET_ACCESS_KEY", DYNAMODB_LOCAL_CREDENTIAL)
         try:
+            self._open_store()
             self._create_tables()
             self._create_keys()
+            if self.store is not None:
+                self.store.open_journal()
+            if os.environ.get(ENDPOINT_ENV) == "1":
+                self._serve_endpoint()
         except Exception:
             self.stop()
             raise
         return self
 
     def stop(self) -> None:
+        global _active_store
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+            self.endpoint_url = None
+        if self.store is not None:
+            try:
+                self.store.close()
+            finally:
+                _active_store = None
+                self.store = None
         if self._started and self._mock is not None:
             self._mock.stop()
         self._mock = None
         self._started = False
+
+    # -- persistence and the endpoint for other processes ------------------------------
+    def _open_store(self) -> None:
+        global _active_store
+        folder = os.environ.get(STORE_DIR_ENV)
+        if not folder or not self.uses_moto_dynamodb:
+            return
+        store = DevStore(Path(folder), region())
+        try:
+            self.restored = store.load()
+        except BaseException:
+            store.close()
+            raise
+        self.store = store
+        _active_store = store
+
+    def _serve_endpoint(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        host, port = server.get_host_and_port()
+        self._server = server
+        self.endpoint_url = f"http://{host}:{port}"
 
     # -- DynamoDB ------------------------------------------------------------
     def _create_tables(self) -> None:
@@ -271,6 +602,18 @@ class EmbeddedAws:
             return
         kms = boto3.client("kms", region_name=region())
         resolver = self.template.resolver(self.resources, region=region())
+        kept = self.store.meta.get("kms_keys", {}) if self.store is not None else {}
+        if kept and set(kept) >= set(keys):  # restored: the same keys (and their material)
+            for lid in keys:
+                self.resources[lid] = ResourceValues(
+                    ref=kept[lid]["ref"], attrs=dict(kept[lid]["attrs"]))
+            self._use_keys(keys)
+            resolver = self.template.resolver(self.resources, region=region())
+            for lid, raw_props in self.template.kms_aliases().items():
+                with contextlib.suppress(Unresolvable, KeyError):  # the alias is restored too
+                    self.resources[lid] = ResourceValues(
+                        ref=str(resolver.resolve(raw_props)["AliasName"]))
+            return
         for lid, raw_props in keys.items():
             try:
                 props = resolver.resolve({k: v for k, v in raw_props.items() if k != "KeyPolicy"})
@@ -284,9 +627,12 @@ class EmbeddedAws:
             self.resources[lid] = ResourceValues(
                 ref=meta["KeyId"], attrs={"Arn": meta["Arn"], "KeyId": meta["KeyId"]}
             )
-        first = next(iter(keys))
-        byok = next((lid for lid in keys if "byok" in lid.lower()), first)
-        self.env["BYOK_KMS_KEY_ID"] = self.resources[byok].ref
+        if self.store is not None:
+            self.store.meta["kms_keys"] = {
+                lid: {"ref": self.resources[lid].ref, "attrs": self.resources[lid].attrs}
+                for lid in keys
+            }
+        self._use_keys(keys)
         for lid, raw_props in self.template.kms_aliases().items():
             resolver = self.template.resolver(self.resources, region=region())
             try:
@@ -298,3 +644,8 @@ class EmbeddedAws:
                 self.resources[lid] = ResourceValues(ref=str(props["AliasName"]))
             except (Unresolvable, KeyError) as exc:
                 log.warning("KMS alias %s not created: %s", lid, exc)
+
+    def _use_keys(self, keys: Mapping[str, Any]) -> None:
+        first = next(iter(keys))
+        byok = next((lid for lid in keys if "byok" in lid.lower()), first)
+        self.env["BYOK_KMS_KEY_ID"] = self.resources[byok].ref

@@ -158,16 +158,7 @@ class LedgerService:
         idempotency_key: str | None = None,
     ) -> ChangeResult:
         """An operator's credit (bonus, refund, adjustment): one ledger entry, once per key."""
-        claim = None
-        if idempotency_key:
-            claim = IdempotencyClaim(
-                scope=f"admin-grant#{actor}",
-                key=idempotency_key,
-                fingerprint=fingerprint(
-                    {"user": user_id, "amount": str(amount), "type": entry_type.value,
-                     "reason": reason}
-                ),
-            )
+        claim = grant_claim(user_id, amount, entry_type, reason, actor, idempotency_key)
         return self._change(
             user_id,
             plan=lambda account: plan_credit(account, amount),
@@ -269,16 +260,7 @@ class LedgerService:
         Refused (402, nothing written) if it would take ``available`` below zero, unless
         ``allow_negative``; 404 for a user who never had an account."""
         self.find_account(user_id)
-        claim = None
-        if idempotency_key:
-            claim = IdempotencyClaim(
-                scope=f"admin-adjust#{actor}",
-                key=idempotency_key,
-                fingerprint=fingerprint(
-                    {"user": user_id, "amount": str(-amount), "reason": reason,
-                     "allow_negative": allow_negative}
-                ),
-            )
+        claim = adjust_claim(user_id, amount, reason, actor, allow_negative, idempotency_key)
         metadata: dict[str, Any] = {"reason": reason, "by": actor}
         if allow_negative:
             metadata["allow_negative"] = True
@@ -337,6 +319,14 @@ class LedgerService:
             except StaleRead:
                 self._backoff(attempt)
         raise ContentionTimeout("The account is busy; retry the request.")
+
+    def earlier_result(self, user_id: str, claim: IdempotencyClaim | None) -> ChangeResult | None:
+        """The stored result a change with this claim would replay (None: it would change
+        something), so an operator is told up front that a retry changes nothing."""
+        if claim is None:
+            return None
+        stored = self._store.get_idempotent_result(user_id, claim)
+        return None if stored is None else self._replay(stored, claim)
 
     @staticmethod
     def _replay(stored: StoredResult, claim: IdempotencyClaim) -> ChangeResult:
@@ -485,3 +475,36 @@ def decode_cursor(cursor: str, user_id: str) -> str:
 
 
 __all__ = ["ZERO", "ChangeResult", "HistoryPage", "LedgerService"]
+
+
+def grant_claim(
+    user_id: str, amount: Decimal, entry_type: EntryType, reason: str, actor: str,
+    idempotency_key: str | None,
+) -> IdempotencyClaim | None:
+    """The idempotency claim of an operator's grant (None without a key)."""
+    if not idempotency_key:
+        return None
+    return IdempotencyClaim(
+        scope=f"admin-grant#{actor}",
+        key=idempotency_key,
+        fingerprint=fingerprint(
+            {"user": user_id, "amount": str(amount), "type": entry_type.value, "reason": reason}
+        ),
+    )
+
+
+def adjust_claim(
+    user_id: str, amount: Decimal, reason: str, actor: str, allow_negative: bool,
+    idempotency_key: str | None,
+) -> IdempotencyClaim | None:
+    """The idempotency claim of an operator's downward adjustment of ``amount`` (> 0)."""
+    if not idempotency_key:
+        return None
+    return IdempotencyClaim(
+        scope=f"admin-adjust#{actor}",
+        key=idempotency_key,
+        fingerprint=fingerprint(
+            {"user": user_id, "amount": str(-amount), "reason": reason,
+             "allow_negative": allow_negative}
+        ),
+    )
