@@ -96,7 +96,7 @@ def install_client_request_tokens(clock: Callable[[], float] = time.monotonic) -
             if not token:
                 return original(self)
             digest = hashlib.sha256(
-                json.dumps(self.body["TransactItems"], sort_keys=True).encode()
+                json.dumps(self.body["TransactItems"], sort_keys=True, default=repr).encode()
             ).hexdigest()
             key = (id(self.dynamodb_backend), token)
             now = clock()
