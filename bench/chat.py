@@ -151,17 +151,19 @@ def _ledger_consistent(client: httpx.Client, headers: dict) -> tuple[bool, str]:
 
 
 class Counters:
-    """Settle re-plans (a guard failed) and transaction re-sends (outcome unknown),
-    counted on the store class so the local stack's handlers are counted too."""
+    """Settle re-plans (a guard failed: counted on the store class, so the local stack's
+    handlers count too) and transaction re-sends (one ClientRequestToken sent again:
+    counted with botocore events on the given clients)."""
 
-    def __init__(self) -> None:
+    def __init__(self, clients: list[Any]) -> None:
         from llmcredits.dal.dynamodb_ledger import DynamoLedgerStore
         from llmcredits.domain.ports import StaleRead
 
         self.replans = 0
-        self.resends = 0
+        self.tokens: Counter[str] = Counter()
         self._cls = DynamoLedgerStore
-        self._settle, self._transact = DynamoLedgerStore.settle, DynamoLedgerStore.transact
+        self._settle = DynamoLedgerStore.settle
+        self._clients = clients
         counters = self
 
         def settle(store: Any, *args: Any, **kwargs: Any) -> None:
@@ -171,29 +173,24 @@ class Counters:
                 counters.replans += 1
                 raise
 
-        def transact(store: Any, items: Any, token: str) -> None:
-            client = store._client
-            original = client.transact_write_items
-            sends = 0
-
-            def counted(**kwargs: Any) -> Any:
-                nonlocal sends
-                sends += 1
-                return original(**kwargs)
-
-            client.transact_write_items = counted
-            try:
-                counters._transact(store, items, token)
-            finally:
-                del client.transact_write_items
-                counters.resends += max(0, sends - 1)
-
         DynamoLedgerStore.settle = settle  # type: ignore[method-assign]
-        DynamoLedgerStore.transact = transact  # type: ignore[method-assign]
+        for client in clients:
+            client.meta.events.register("before-call.dynamodb.TransactWriteItems", self._sent)
+
+    def _sent(self, params: dict[str, Any], **_: Any) -> None:
+        token = params.get("ClientRequestToken")
+        if token:
+            self.tokens[token] += 1
+
+    @property
+    def resends(self) -> int:
+        return sum(n - 1 for n in self.tokens.values())
 
     def close(self) -> None:
         self._cls.settle = self._settle  # type: ignore[method-assign]
-        self._cls.transact = self._transact  # type: ignore[method-assign]
+        for client in self._clients:
+            client.meta.events.unregister("before-call.dynamodb.TransactWriteItems",
+                                          self._sent)
 
 
 def percentile(values: list[float], p: int) -> float:
@@ -227,9 +224,9 @@ def run_clients(label: str, clients: int, accounts: list[str], per_client: int,
 
 def contention_runs(title: str, make_account: Callable[[str], None],
                     send: Callable[[str, int], int], check: Callable[[list[str]], str],
-                    requests: int) -> None:
+                    requests: int, clients_to_count: list[Any]) -> None:
     print(title)
-    counters = Counters()
+    counters = Counters(clients_to_count)
     try:
         results = {}
         for clients in (16, 64):
@@ -283,7 +280,7 @@ def service_runs(endpoint: str, requests: int) -> None:
     from llmcredits.services.chat import ChatService
 
     StandInServer.request_queue_size = 128  # 64 simultaneous connects
-    _, _, ledger = _service_stack(endpoint)
+    client, _, ledger = _service_stack(endpoint)
     with DevUpstream() as up:
         upstream = LiteLLMUpstream(up.url, None, client=httpx.Client(
             timeout=30, limits=httpx.Limits(max_connections=128,
@@ -304,7 +301,7 @@ def service_runs(endpoint: str, requests: int) -> None:
                 return err.status
 
         contention_runs("Service on DynamoDB Local (ChatService, no HTTP):", make_account,
-                        send, lambda names: _reconciled(ledger, names), requests)
+                        send, lambda names: _reconciled(ledger, names), requests, [client])
 
 
 def _reconciled(ledger: Any, names: list[str]) -> str:
@@ -318,6 +315,8 @@ def _reconciled(ledger: Any, names: list[str]) -> str:
 
 def http_runs(stack: LocalStack, requests: int) -> None:
     """The same through the local stack's HTTP server (authorizer, handlers, JSON)."""
+    from llmcredits.dal.aws import dynamodb_client
+
     limits = httpx.Limits(max_connections=128, max_keepalive_connections=128)
     with httpx.Client(base_url=stack.base_url, timeout=60, limits=limits) as client:
         headers: dict[str, dict] = {}
@@ -335,7 +334,7 @@ def http_runs(stack: LocalStack, requests: int) -> None:
             return f"ledger == balance and nothing held on {ok}/{len(names)} accounts"
 
         contention_runs("Through the local stack's HTTP server on DynamoDB Local:",
-                        make_account, send, check, requests)
+                        make_account, send, check, requests, [dynamodb_client()])
 
 
 class FaultyClient:
@@ -424,7 +423,7 @@ def fault_run(endpoint: str, requests: int) -> None:
           and not reconcile_account(worker._store, user))
     print(f"Fault run on DynamoDB Local, {requests} requests from 16 clients, injected on "
           f"settle: {faulty.errors} DynamoDB errors, {faulty.lost} lost responses")
-    print(f"  statuses {dict(codes)}; {pending} answered while pending, "
+    print(f"  statuses {dict(codes)}; {pending} answered as pending (settle unconfirmed), "
           f"{later.applied} applied by the settle worker afterwards")
     print(f"  charges expected {expected:.6f} ({codes[200]} answers) vs charged "
           f"{charged_total:.6f} ({len(entries)} usage entries); held {account.held}; "
@@ -457,11 +456,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--skip-dynamodb-local", action="store_true")
+    parser.add_argument("--skip-embedded", action="store_true",
+                        help="only the DynamoDB Local runs")
     args = parser.parse_args()
-    with LocalStack(ROOT / "template.yaml", port=0, workers=False) as stack:
-        count_calls(stack, min(args.requests, 50))
-        count_byok_kms_calls(stack, 20)
-        latency_ratio(stack, args.requests)
+    if not args.skip_embedded:
+        with LocalStack(ROOT / "template.yaml", port=0, workers=False) as stack:
+            count_calls(stack, min(args.requests, 50))
+            count_byok_kms_calls(stack, 20)
+            latency_ratio(stack, args.requests)
     if not args.skip_dynamodb_local:
         throughput(args.requests)
 
