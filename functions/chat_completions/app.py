@@ -42,6 +42,9 @@ app = make_app()
                   "rejected (`upstream_rejected`)"),
             401, 402,
             (403, "The model or power level is above your tier (`permission_error`)"),
+            (409, "The Idempotency-Key was used with another body, its request is still "
+                  "running (`idempotency_in_progress`), or its response was too large to "
+                  "keep (`idempotency_response_too_large`)"),
             413, 429, 502, 503, 504,
         ),
     },
@@ -49,6 +52,12 @@ app = make_app()
 def chat_completions(
     body: ChatCompletionRequest,
     x_power_level: Annotated[str | None, Header(alias="X-Power-Level", max_length=32)] = None,
+    idempotency_key: Annotated[
+        str | None,
+        Header(alias="Idempotency-Key", max_length=255,
+               description="Retry-safe key, per user for 24 h: the same key and body get "
+                           "the first response and one charge."),
+    ] = None,
 ) -> Response[str]:
     who = caller(app)
     metrics.add_metric(name="ChatRequests", unit=MetricUnit.Count, value=1)
@@ -58,6 +67,7 @@ def chat_completions(
             body,
             power_level_header=x_power_level,
             request_id=app.current_event.request_context.request_id,
+            idempotency_key=idempotency_key,
         )
     except ApiError as err:
         record_chat_failure(err)  # 402s are counted by the shared error handler

@@ -190,7 +190,9 @@ def test_no_byok_read_and_no_kms_for_accounts_without_keys(upstream):
     dynamodb_client().meta.events.register("provide-client-params.dynamodb.GetItem", record)
     calls = kms_calls()
     assert chat("gia")[0] == 200
-    assert reads == ["ACCOUNT"] and calls == []
+    # The account read, then the settle's read of the balance it recorded (to stamp
+    # balance_after): no BYOK record read.
+    assert reads == ["ACCOUNT", "ACCOUNT"] and calls == []
 
 
 def test_an_unreadable_stored_key_fails_clearly_and_charges_nothing(upstream):

@@ -221,10 +221,10 @@ def test_sweeper_releases_a_hold_left_by_a_request_that_died(upstream):
     from tests.support import FUNCTIONS, Context
 
     sweeper = import_handler(FUNCTIONS / "hold_sweeper" / "app.py")
-    assert sweeper.lambda_handler({}, Context()) == {"released": 1}
+    assert sweeper.lambda_handler({}, Context()) == {"released": 1, "settled": 0}
     acct = account("lee")
     assert acct["held"] == "1.000000" and acct["balance"] == "10.000000"
-    assert sweeper.lambda_handler({}, Context()) == {"released": 0}
+    assert sweeper.lambda_handler({}, Context()) == {"released": 0, "settled": 0}
     ledger.release(fresh)
     assert account("lee")["held"] == "0.000000"
 

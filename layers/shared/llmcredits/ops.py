@@ -619,7 +619,7 @@ def export_row(entry: LedgerEntry) -> list[str]:
         entry.created_at,
         entry.type.value,
         format_money(entry.amount),
-        format_money(entry.balance_after),
+        "" if entry.balance_after is None else format_money(entry.balance_after),
         entry.provider or "",
         entry.model or "",
         "" if entry.tokens is None else str(entry.tokens),
@@ -669,7 +669,7 @@ def format_history(entries: list[LedgerEntry], more: bool) -> str:
             entry.created_at,
             entry.type.value,
             _signed(entry.amount),
-            format_money(entry.balance_after),
+            "" if entry.balance_after is None else format_money(entry.balance_after),
             _details(entry),
         ))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]

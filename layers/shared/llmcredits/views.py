@@ -28,7 +28,7 @@ def entry_view(entry: LedgerEntry) -> dict[str, Any]:
         "created_at": entry.created_at,
         "type": entry.type.value,
         "amount": format_money(entry.amount),
-        "balance_after": format_money(entry.balance_after),
+        "balance_after": None if entry.balance_after is None else format_money(entry.balance_after),
         "provider": entry.provider,
         "model": entry.model,
         "tokens": entry.tokens,

@@ -5,38 +5,58 @@ Keys (one partition per user, so each money change is one TransactWriteItems):
   PK=USER#<id>  SK=LEDGER#<created_at>#<entry id>   a ledger entry (newest first by SK)
   PK=USER#<id>  SK=IDEMP#<scope>#<key>              an idempotency record (TTL)
   PK=USER#<id>  SK=HOLD#<hold id>                   an open hold of a chat request in flight
+                                                    (with ``settlement`` once answered: the outbox)
   PK=USER#<id>  SK=RECORD#<key>                     bookkeeping (e.g. a Stripe event applied)
   PK=RECORD#<key> SK=RECORD                         a global record (e.g. payment -> user)
+
+Index HistoryByType (type_pk = USER#<id>#TYPE#<type>, SK): one user's entries of one type,
+newest first, so a filtered history page is one Query whatever lies between matches.
+
+Settles carry no guard on the balance. The account update records the exact balance it
+produced in an attribute named for the entry (``ba_<entry id>`` = balance + delta, which
+DynamoDB evaluates on the value the update itself changes); after the commit that value
+is copied onto the entry and the attribute removed, in one more transaction (``stamp``).
 """
 
 from __future__ import annotations
 
 import json
+import random
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from llmcredits.domain.ledger import (
     Account,
+    Condition,
     EntryType,
+    GuardedWrite,
     Hold,
     IdempotencyClaim,
     LedgerEntry,
     Mutation,
     RecordWrite,
+    Settlement,
     Tier,
+    operation_token,
+    settlement_entry,
 )
 from llmcredits.domain.ports import (
     EntryPage,
+    HoldAnswered,
     HoldGone,
     IdempotentReplay,
     RecordConflict,
+    ResponseClaim,
     StaleRead,
+    StoredResponse,
     StoredResult,
+    StoreUnavailable,
 )
 
 ACCOUNT_SK = "ACCOUNT"
@@ -46,6 +66,18 @@ HOLD_PREFIX = "HOLD#"
 HOLD_SHARDS = 8
 HOLDS_INDEX = "HoldsByAge"
 IDEMPOTENCY_TTL_SECONDS = 24 * 3600
+HISTORY_INDEX = "HistoryByType"
+BALANCE_AFTER_PREFIX = "ba_"
+RESPONSE_SCOPE = "chat"
+# A transaction whose outcome is unknown (timeout, 5xx, throttling after botocore's own
+# retries) is sent again unchanged, with the same token, this many times in all.
+SEND_ATTEMPTS = 4
+# Errors that say nothing was written: re-sending would fail the same way.
+DEFINITIVE_ERRORS = frozenset(
+    {"TransactionCanceledException", "ValidationException", "ResourceNotFoundException",
+     "IdempotentParameterMismatchException", "AccessDeniedException",
+     "ConditionalCheckFailedException"}
+)
 
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
@@ -61,6 +93,18 @@ def ledger_sk(entry: LedgerEntry) -> str:
 
 def idempotency_sk(claim: IdempotencyClaim) -> str:
     return f"{IDEMPOTENCY_PREFIX}{claim.scope}#{claim.key}"
+
+
+def response_sk(key: str) -> str:
+    return f"{IDEMPOTENCY_PREFIX}{RESPONSE_SCOPE}#{key}"
+
+
+def type_pk(user_id: str, entry_type: str) -> str:
+    return f"{user_pk(user_id)}#TYPE#{entry_type}"
+
+
+def balance_after_attribute(entry_id: str) -> str:
+    return f"{BALANCE_AFTER_PREFIX}{entry_id}"
 
 
 def all_items(client: Any, operation: str, **kwargs: Any) -> Iterator[dict[str, Any]]:
@@ -123,6 +167,7 @@ def hold_to_item(hold: Hold) -> dict[str, Any]:
             "model": hold.model,
             "hold_shard": f"HOLDS#{shard}",
             "hold_created_at": hold.created_at,
+            "settlement": None if hold.settlement is None else hold.settlement.to_json(),
         }
     )
 
@@ -136,6 +181,7 @@ def hold_from_item(item: dict[str, Any]) -> Hold:
         created_at=data["created_at"],
         request_id=data.get("request_id", ""),
         model=data.get("model", ""),
+        settlement=Settlement.from_json(data["settlement"]) if data.get("settlement") else None,
     )
 
 
@@ -145,6 +191,7 @@ def entry_to_item(entry: LedgerEntry) -> dict[str, Any]:
             "PK": user_pk(entry.user_id),
             "SK": ledger_sk(entry),
             "kind": "ledger",
+            "type_pk": type_pk(entry.user_id, entry.type.value),
             "id": entry.id,
             "user_id": entry.user_id,
             "created_at": entry.created_at,
@@ -169,7 +216,7 @@ def entry_from_item(item: dict[str, Any]) -> LedgerEntry:
         created_at=data["created_at"],
         type=EntryType(data["type"]),
         amount=data["amount"],
-        balance_after=data["balance_after"],
+        balance_after=data.get("balance_after"),
         provider=data.get("provider"),
         model=data.get("model"),
         tokens=None if tokens is None else int(tokens),
@@ -181,9 +228,12 @@ def entry_from_item(item: dict[str, Any]) -> LedgerEntry:
 class DynamoLedgerStore:
     """LedgerStore on DynamoDB (real, Local, or moto)."""
 
-    def __init__(self, client: Any, table: str) -> None:
+    def __init__(
+        self, client: Any, table: str, sleep: Callable[[float], None] = time.sleep
+    ) -> None:
         self._client = client
         self._table = table
+        self._sleep = sleep
 
     # -- accounts ---------------------------------------------------------------------
 
@@ -312,41 +362,48 @@ class DynamoLedgerStore:
         hold_put: Hold | None = None,
         hold_delete: Hold | None = None,
         records: Sequence[RecordWrite] = (),
+        token: str | None = None,
     ) -> None:
-        items: list[dict[str, Any]] = [{"Update": self._mutation_update(user_id, mutation, now)}]
+        items: list[dict[str, Any]] = [{"Update": self._mutation_update(user_id, mutation, now,
+                                                                        entry)}]
         record_at = {len(items) + i: record for i, record in enumerate(records)}
         items.extend({"Put": self._record_put(record)} for record in records)
+        extra_at = {len(items) + i: write for i, write in enumerate(mutation.extra)}
+        items.extend({"Update": self._guarded_update(write)} for write in mutation.extra)
         if hold_put is not None:
             items.append({"Put": self._put_new(hold_to_item(hold_put))})
         hold_delete_at = len(items)
         if hold_delete is not None:
-            # Settled or released once: a second settle/release of the same hold fails here.
-            items.append(
-                {
-                    "Delete": {
-                        "TableName": self._table,
-                        "Key": to_item({"PK": user_pk(user_id), "SK": hold_sk(hold_delete.id)}),
-                        "ConditionExpression": "attribute_exists(PK)",
-                    }
-                }
-            )
+            # Settled or released once: a second settle/release of the same hold fails
+            # here, and so does a release of a hold whose answer is recorded.
+            items.append({"Delete": self._hold_delete(user_id, hold_delete,
+                                                      answered_ok=entry is not None)})
         if entry is not None:
             items.append({"Put": self._put_new(entry_to_item(entry))})
         if idempotency is not None:
             items.append({"Put": self._idempotency_put(user_id, *idempotency)})
+        if token is None:
+            token = self._derived_token(mutation, entry, hold_put, hold_delete, records)
         try:
-            self._client.transact_write_items(TransactItems=items)
+            self.transact(items, token)
         except ClientError as exc:
             if _code(exc) != "TransactionCanceledException":
                 raise
-            reasons = [r.get("Code") for r in exc.response.get("CancellationReasons", [])]
+            reasons = exc.response.get("CancellationReasons", [])
             failed = {
-                i for i, code in enumerate(reasons) if code == "ConditionalCheckFailed"
+                i for i, reason in enumerate(reasons)
+                if reason.get("Code") == "ConditionalCheckFailed"
             } if len(reasons) == len(items) else set()
             for position, record in record_at.items():
                 if position in failed:
                     raise RecordConflict(record.key) from exc
+            for position, write in extra_at.items():
+                if position in failed and write.error is not None:
+                    raise write.error from exc
             if hold_delete is not None and hold_delete_at in failed:
+                old: dict[str, Any] = dict(reasons[hold_delete_at].get("Item") or {})
+                if "settlement" in old:
+                    raise HoldAnswered(hold_from_item(old)) from exc
                 raise HoldGone(hold_delete.id) from exc
             if idempotency is not None and len(items) - 1 in failed:
                 stored = self.get_idempotent_result(user_id, idempotency[0])
@@ -356,7 +413,262 @@ class DynamoLedgerStore:
             # concurrent writer: either way the read is stale.
             raise StaleRead from exc
 
-    def _mutation_update(self, user_id: str, mutation: Mutation, now: str) -> dict[str, Any]:
+    @staticmethod
+    def _derived_token(
+        mutation: Mutation,
+        entry: LedgerEntry | None,
+        hold_put: Hold | None,
+        hold_delete: Hold | None,
+        records: Sequence[RecordWrite],
+    ) -> str:
+        shape = (mutation.month, str(mutation.capped))
+        if entry is not None:
+            return operation_token("entry", entry.id, *shape)
+        if hold_put is not None:
+            return operation_token("reserve", hold_put.id, *shape)
+        if hold_delete is not None:
+            return operation_token("release", hold_delete.id, *shape)
+        return operation_token("records", ",".join(r.key for r in records), *shape)
+
+    def transact(self, items: list[dict[str, Any]], token: str) -> None:
+        """TransactWriteItems with ``token``; an unknown outcome is re-sent unchanged.
+
+        botocore already retries with the same token inside one call; this covers the
+        call failing as a whole (its retries used up) after the write may have landed.
+        A re-send of a committed transaction is a success (DynamoDB keeps tokens for
+        10 minutes), so nothing is applied twice."""
+        for attempt in range(SEND_ATTEMPTS):
+            try:
+                self._client.transact_write_items(TransactItems=items, ClientRequestToken=token)
+                return
+            except ClientError as exc:
+                if _code(exc) in DEFINITIVE_ERRORS or attempt == SEND_ATTEMPTS - 1:
+                    if _code(exc) in DEFINITIVE_ERRORS:
+                        raise
+                    raise StoreUnavailable(_code(exc)) from exc
+            except BotoCoreError as exc:  # timeouts, dropped connections
+                if attempt == SEND_ATTEMPTS - 1:
+                    raise StoreUnavailable(type(exc).__name__) from exc
+            self._sleep(random.uniform(0, 0.05 * 2**attempt))  # noqa: S311
+
+    def _hold_delete(self, user_id: str, hold: Hold, *, answered_ok: bool) -> dict[str, Any]:
+        condition = "attribute_exists(PK)"
+        if not answered_ok:
+            condition += " AND attribute_not_exists(settlement)"
+        return {
+            "TableName": self._table,
+            "Key": to_item({"PK": user_pk(user_id), "SK": hold_sk(hold.id)}),
+            "ConditionExpression": condition,
+            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+        }
+
+    def _guarded_update(self, write: GuardedWrite) -> dict[str, Any]:
+        names: dict[str, str] = {}
+        values: dict[str, Any] = {}
+
+        def name(attribute: str) -> str:
+            alias = f"#g{len(names)}"
+            names[alias] = attribute
+            return alias
+
+        def value(v: Any) -> str:
+            alias = f":g{len(values)}"
+            values[alias] = v
+            return alias
+
+        clauses = []
+        if write.set:
+            clauses.append("SET " + ", ".join(f"{name(k)} = {value(v)}"
+                                             for k, v in write.set.items()))
+        if write.add:
+            clauses.append("ADD " + ", ".join(f"{name(k)} {value(v)}"
+                                             for k, v in write.add.items()))
+        update: dict[str, Any] = {
+            "TableName": self._table,
+            "Key": to_item({"PK": user_pk(write.owner), "SK": write.sort_key}),
+            "UpdateExpression": " ".join(clauses),
+        }
+        conditions = [_condition(c, name, value) for c in write.conditions]
+        if conditions:
+            update["ConditionExpression"] = " AND ".join(conditions)
+        update["ExpressionAttributeNames"] = names
+        if values:
+            update["ExpressionAttributeValues"] = to_item(values)
+        return update
+
+    # -- settlements (the outbox on the hold) ------------------------------------------
+
+    def record_settlement(self, hold: Hold, settlement: Settlement) -> bool:
+        try:
+            self._client.update_item(
+                TableName=self._table,
+                Key=to_item({"PK": user_pk(hold.user_id), "SK": hold_sk(hold.id)}),
+                UpdateExpression="SET settlement = :s",
+                ConditionExpression="attribute_exists(PK) AND attribute_not_exists(settlement)",
+                ExpressionAttributeValues=to_item({":s": settlement.to_json()}),
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except ClientError as exc:
+            if _code(exc) != "ConditionalCheckFailedException":
+                raise
+            old: dict[str, Any] = dict(exc.response.get("Item") or {})  # type: ignore[call-overload]
+            return "settlement" in old  # recorded already: fine
+        return True
+
+    def settle(self, hold: Hold, settlement: Settlement, mutation: Mutation) -> None:
+        entry = settlement_entry(hold, settlement)
+        token = operation_token("settle", hold.id, mutation.month, str(mutation.capped))
+        try:
+            self.commit(hold.user_id, mutation, entry, settlement.created_at,
+                        hold_delete=hold, token=token)
+        except HoldGone:
+            # Committed before (its token expired, or another process applied it)?
+            if self._entry_exists(entry):
+                return
+            raise
+
+    def _entry_exists(self, entry: LedgerEntry) -> bool:
+        resp = self._client.get_item(
+            TableName=self._table,
+            Key=to_item({"PK": user_pk(entry.user_id), "SK": ledger_sk(entry)}),
+            ConsistentRead=True,
+            ProjectionExpression="PK",
+        )
+        return "Item" in resp
+
+    def stamp_balance_after(self, user_id: str, entry: LedgerEntry) -> Decimal:
+        """Copy the balance the settle recorded on the account onto its entry.
+
+        Read first, then write entry and removal together: a crash in between leaves
+        the value on the account, where the next stamp (or a history read) finds it."""
+        attribute = balance_after_attribute(entry.id)
+        resp = self._client.get_item(
+            TableName=self._table,
+            Key=to_item({"PK": user_pk(user_id), "SK": ACCOUNT_SK}),
+            ConsistentRead=True,
+            ProjectionExpression="#ba",
+            ExpressionAttributeNames={"#ba": attribute},
+        )
+        item = resp.get("Item") or {}
+        if attribute not in item:
+            stamped = self._client.get_item(
+                TableName=self._table,
+                Key=to_item({"PK": user_pk(user_id), "SK": ledger_sk(entry)}),
+                ConsistentRead=True,
+            ).get("Item")
+            if stamped is None or "balance_after" not in stamped:
+                raise StoreUnavailable(f"no recorded balance for entry {entry.id}")
+            return Decimal(stamped["balance_after"]["N"])
+        balance_after = Decimal(item[attribute]["N"])
+        self._stamp(user_id, entry, balance_after)
+        return balance_after
+
+    def _stamp(self, user_id: str, entry: LedgerEntry, balance_after: Decimal) -> None:
+        attribute = balance_after_attribute(entry.id)
+        items = [
+            {"Update": {
+                "TableName": self._table,
+                "Key": to_item({"PK": user_pk(user_id), "SK": ledger_sk(entry)}),
+                "UpdateExpression": "SET balance_after = :v",
+                "ConditionExpression": "attribute_exists(PK)",
+                "ExpressionAttributeValues": to_item({":v": balance_after}),
+            }},
+            {"Update": {
+                "TableName": self._table,
+                "Key": to_item({"PK": user_pk(user_id), "SK": ACCOUNT_SK}),
+                "UpdateExpression": "REMOVE #ba",
+                "ExpressionAttributeNames": {"#ba": attribute},
+            }},
+        ]
+        self.transact(items, operation_token("stamp", entry.id))
+
+    def settlements_recorded_before(self, cutoff: str) -> list[Hold]:
+        return [
+            hold_from_item(item)
+            for shard in range(HOLD_SHARDS)
+            for item in all_items(
+                self._client,
+                "query",
+                TableName=self._table,
+                IndexName=HOLDS_INDEX,
+                KeyConditionExpression="hold_shard = :s AND hold_created_at < :cutoff",
+                FilterExpression="attribute_exists(settlement)",
+                ExpressionAttributeValues=to_item({":s": f"HOLDS#{shard}", ":cutoff": cutoff}),
+            )
+        ]
+
+    # -- chat responses kept for an Idempotency-Key ------------------------------------
+
+    def claim_response(
+        self, user_id: str, key: str, fingerprint: str, lease_seconds: int
+    ) -> ResponseClaim | None:
+        epoch = int(time.time())
+        try:
+            self._client.put_item(
+                TableName=self._table,
+                Item=to_item({
+                    "PK": user_pk(user_id),
+                    "SK": response_sk(key),
+                    "kind": "idempotency",
+                    "fingerprint": fingerprint,
+                    "state": "running",
+                    "lease_until": epoch + lease_seconds,
+                    "expires_at": epoch + IDEMPOTENCY_TTL_SECONDS,
+                }),
+                # Free, expired (TTL not run yet), or a running claim whose process died.
+                ConditionExpression=("attribute_not_exists(PK) OR expires_at < :now OR "
+                                     "(#state = :running AND lease_until < :now)"),
+                ExpressionAttributeNames={"#state": "state"},
+                ExpressionAttributeValues=to_item({":now": epoch, ":running": "running"}),
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+            return None
+        except ClientError as exc:
+            if _code(exc) != "ConditionalCheckFailedException":
+                raise
+            old = from_item(dict(exc.response.get("Item") or {}))  # type: ignore[call-overload]
+        if old.get("state") == "running":
+            return ResponseClaim(fingerprint=str(old.get("fingerprint")), running=True)
+        return ResponseClaim(
+            fingerprint=str(old.get("fingerprint")),
+            running=False,
+            response=StoredResponse(
+                status=int(old["status"]),
+                content_type=str(old["content_type"]),
+                body=old.get("body"),
+                headers=json.loads(old.get("headers") or "{}"),
+            ),
+        )
+
+    def finish_response(
+        self, user_id: str, key: str, fingerprint: str, response: StoredResponse
+    ) -> None:
+        epoch = int(time.time())
+        self._client.put_item(
+            TableName=self._table,
+            Item=to_item({
+                "PK": user_pk(user_id),
+                "SK": response_sk(key),
+                "kind": "idempotency",
+                "fingerprint": fingerprint,
+                "state": "done",
+                "status": response.status,
+                "content_type": response.content_type,
+                "body": response.body,
+                "headers": json.dumps(response.headers, sort_keys=True),
+                "expires_at": epoch + IDEMPOTENCY_TTL_SECONDS,
+            }),
+        )
+
+    def drop_response_claim(self, user_id: str, key: str) -> None:
+        self._client.delete_item(
+            TableName=self._table,
+            Key=to_item({"PK": user_pk(user_id), "SK": response_sk(key)}),
+        )
+
+    def _mutation_update(
+        self, user_id: str, mutation: Mutation, now: str, entry: LedgerEntry | None = None
+    ) -> dict[str, Any]:
         names = {"#month": "month"}
         values: dict[str, Any] = {":m": mutation.month}
         sets: list[str] = []
@@ -366,9 +678,13 @@ class DynamoLedgerStore:
             values[":b"] = mutation.expected_balance
             sets.append("balance = :nb")
             values[":nb"] = mutation.balance_after
-        elif mutation.balance_delta:
+        elif mutation.balance_delta or entry is not None:
             sets.append("balance = balance + :bd")
             values[":bd"] = mutation.balance_delta
+            if entry is not None:
+                # Operands are read before the update: this is the balance it produces.
+                sets.append("#ba = balance + :bd")
+                names["#ba"] = balance_after_attribute(entry.id)
         if mutation.available_delta:
             sets.append("available = available + :ad")
             values[":ad"] = mutation.available_delta
@@ -547,32 +863,72 @@ class DynamoLedgerStore:
     def list_entries(
         self, user_id: str, limit: int, after_key: str | None, entry_type: str | None
     ) -> EntryPage:
-        """Newest first; with a type filter, keeps reading pages until ``limit`` match."""
-        entries: list[LedgerEntry] = []
-        start = after_key
-        while True:
-            kwargs: dict[str, Any] = {
-                "TableName": self._table,
-                "KeyConditionExpression": "PK = :pk AND begins_with(SK, :prefix)",
-                "ExpressionAttributeValues": to_item(
-                    {":pk": user_pk(user_id), ":prefix": LEDGER_PREFIX}
-                ),
-                "ScanIndexForward": False,
-                "ConsistentRead": True,
-                "Limit": limit - len(entries),
-            }
-            if entry_type:
-                kwargs["FilterExpression"] = "#type = :type"
-                kwargs["ExpressionAttributeNames"] = {"#type": "type"}
-                kwargs["ExpressionAttributeValues"][":type"] = {"S": entry_type}
-            if start:
-                kwargs["ExclusiveStartKey"] = to_item({"PK": user_pk(user_id), "SK": start})
-            resp = self._client.query(**kwargs)
-            entries.extend(entry_from_item(item) for item in resp.get("Items", []))
-            last = resp.get("LastEvaluatedKey")
-            start = from_item(last)["SK"] if last else None
-            if start is None or len(entries) >= limit:
-                return EntryPage(entries=entries, last_key=start)
+        """Newest first, one Query per page: a type filter reads the HistoryByType index
+        (only that type's entries), so no page is read and thrown away."""
+        kwargs: dict[str, Any] = {
+            "TableName": self._table,
+            "ScanIndexForward": False,
+            "Limit": limit,
+        }
+        if entry_type:
+            partition = type_pk(user_id, entry_type)
+            kwargs["IndexName"] = HISTORY_INDEX
+            kwargs["KeyConditionExpression"] = "type_pk = :pk AND begins_with(SK, :prefix)"
+            kwargs["ExpressionAttributeValues"] = to_item(
+                {":pk": partition, ":prefix": LEDGER_PREFIX}
+            )
+            if after_key:
+                kwargs["ExclusiveStartKey"] = to_item(
+                    {"type_pk": partition, "SK": after_key, "PK": user_pk(user_id)}
+                )
+        else:
+            kwargs["KeyConditionExpression"] = "PK = :pk AND begins_with(SK, :prefix)"
+            kwargs["ExpressionAttributeValues"] = to_item(
+                {":pk": user_pk(user_id), ":prefix": LEDGER_PREFIX}
+            )
+            kwargs["ConsistentRead"] = True
+            if after_key:
+                kwargs["ExclusiveStartKey"] = to_item({"PK": user_pk(user_id), "SK": after_key})
+        resp = self._client.query(**kwargs)
+        entries = [entry_from_item(item) for item in resp.get("Items", [])]
+        last = resp.get("LastEvaluatedKey")
+        return EntryPage(entries=self._with_balances(user_id, entries),
+                         last_key=from_item(last)["SK"] if last else None)
+
+    def _with_balances(self, user_id: str, entries: list[LedgerEntry]) -> list[LedgerEntry]:
+        """Fill in ``balance_after`` of settles not stamped yet, from the account."""
+        pending = [e for e in entries if e.balance_after is None]
+        if not pending:
+            return entries
+        account = self._client.get_item(
+            TableName=self._table,
+            Key=to_item({"PK": user_pk(user_id), "SK": ACCOUNT_SK}),
+            ConsistentRead=True,
+        ).get("Item") or {}
+        filled = {}
+        for entry in pending:
+            raw = account.get(balance_after_attribute(entry.id))
+            if raw is not None:
+                filled[entry.id] = replace(entry, balance_after=Decimal(raw["N"]))
+            else:  # stamped since the page was read (GSI reads lag): read it again
+                item = self._client.get_item(
+                    TableName=self._table,
+                    Key=to_item({"PK": user_pk(user_id), "SK": ledger_sk(entry)}),
+                    ConsistentRead=True,
+                ).get("Item")
+                if item is not None:
+                    filled[entry.id] = entry_from_item(item)
+        return [filled.get(e.id, e) for e in entries]
+
+
+def _condition(
+    condition: Condition, name: Callable[[str], str], value: Callable[[Any], str]
+) -> str:
+    if condition.op == "exists":
+        return f"attribute_exists({name(condition.attribute)})"
+    if condition.op == "not_exists":
+        return f"attribute_not_exists({name(condition.attribute)})"
+    return f"{name(condition.attribute)} {condition.op} {value(condition.value)}"
 
 
 def _code(exc: ClientError) -> str:

@@ -111,6 +111,80 @@ class RateGuard:
 
 
 @dataclass(frozen=True)
+class Condition:
+    """One condition on an attribute of a GuardedWrite's item, checked by the write.
+
+    ``op`` is one of "=", "<>", "<", "<=", ">", ">=" (compared with ``value``), or
+    "exists" / "not_exists" (``value`` unused).
+    """
+
+    attribute: str
+    op: str
+    value: Any = None
+
+
+CONDITION_OPS = ("=", "<>", "<", "<=", ">", ">=", "exists", "not_exists")
+
+
+@dataclass(frozen=True)
+class GuardedWrite:
+    """An update of another item, made in the same transaction as a money change.
+
+    The hook for other adapters (e.g. an API key's spend and limit): ``owner`` is the
+    user whose partition holds the item and ``sort_key`` names it; ``add`` are numeric
+    deltas, ``set`` plain values; every ``conditions`` entry must hold *before* the
+    write, else nothing in the transaction is written and ``error`` is raised (or, when
+    ``error`` is None, the change is re-read and re-planned like any stale read).
+    Values must be JSON-representable (str, int, Decimal, bool): a settlement stores
+    its extra writes with its intent so a later worker applies exactly the same ones.
+    """
+
+    owner: str
+    sort_key: str
+    add: dict[str, Decimal | int] = field(default_factory=dict)
+    set: dict[str, Any] = field(default_factory=dict)
+    conditions: tuple[Condition, ...] = ()
+    error: Exception | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        for condition in self.conditions:
+            if condition.op not in CONDITION_OPS:
+                raise ValueError(f"unknown condition operator {condition.op!r}")
+        if not (self.add or self.set):
+            raise ValueError("a guarded write must change something")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "owner": self.owner,
+            "sort_key": self.sort_key,
+            "add": {k: str(v) for k, v in self.add.items()},
+            "add_int": sorted(k for k, v in self.add.items() if isinstance(v, int)),
+            "set": {k: [type(v).__name__, str(v) if isinstance(v, Decimal) else v]
+                    for k, v in self.set.items()},
+            "conditions": [[c.attribute, c.op,
+                            [type(c.value).__name__,
+                             str(c.value) if isinstance(c.value, Decimal) else c.value]]
+                           for c in self.conditions],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> GuardedWrite:
+        ints = set(data.get("add_int", ()))
+
+        def value(tagged: list[Any]) -> Any:
+            kind, raw = tagged
+            return Decimal(raw) if kind == "Decimal" else raw
+
+        return cls(
+            owner=data["owner"],
+            sort_key=data["sort_key"],
+            add={k: int(v) if k in ints else Decimal(v) for k, v in data["add"].items()},
+            set={k: value(v) for k, v in data["set"].items()},
+            conditions=tuple(Condition(a, op, value(v)) for a, op, v in data["conditions"]),
+        )
+
+
+@dataclass(frozen=True)
 class Mutation:
     """One conditional change to an account, planned from a read of it.
 
@@ -124,6 +198,7 @@ class Mutation:
     spend_delta: Decimal = ZERO  # added to month_spent
     headroom_delta: Decimal = ZERO  # added to cap_headroom (capped accounts only)
     # Optimistic guard: the balance must still be this, so ``balance_after`` is exact.
+    # None: no guard (settle), the store records the exact balance_after itself.
     expected_balance: Decimal | None = None
     # available must be >= this before the write (usage and holds).
     require_available: Decimal | None = None
@@ -133,6 +208,8 @@ class Mutation:
     capped: bool | None = None
     # Per-minute request counter, checked and counted in the same write.
     rate: RateGuard | None = None
+    # Extra guarded item updates (e.g. an API key's spend) in the same transaction.
+    extra: tuple[GuardedWrite, ...] = ()
 
     @property
     def balance_after(self) -> Decimal:
@@ -252,9 +329,91 @@ class Hold:
     created_at: str
     request_id: str = ""
     model: str = ""
+    # The recorded answer (outbox): once set, the hold is only ever settled, never freed.
+    settlement: Settlement | None = None
 
 
-def plan_reserve(account: Account, amount: Decimal, rate: RateGuard | None) -> Mutation:
+@dataclass(frozen=True)
+class Settlement:
+    """What an answered request owes, recorded on its hold before settling (the outbox).
+
+    Everything the settle transaction writes is derived from it, so the request, a
+    retry and the settle worker all send the same transaction (one ClientRequestToken).
+    """
+
+    entry_id: str
+    created_at: str
+    cost: Decimal
+    provider: str | None = None
+    model: str | None = None
+    tokens: int | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    extra: tuple[GuardedWrite, ...] = ()
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "entry_id": self.entry_id,
+                "created_at": self.created_at,
+                "cost": str(self.cost),
+                "provider": self.provider,
+                "model": self.model,
+                "tokens": self.tokens,
+                "metadata": self.metadata,
+                "extra": [w.to_json() for w in self.extra],
+            },
+            sort_keys=True,
+            default=str,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Settlement:
+        data = json.loads(text)
+        return cls(
+            entry_id=data["entry_id"],
+            created_at=data["created_at"],
+            cost=Decimal(data["cost"]),
+            provider=data.get("provider"),
+            model=data.get("model"),
+            tokens=data.get("tokens"),
+            metadata=data.get("metadata") or {},
+            extra=tuple(GuardedWrite.from_json(w) for w in data.get("extra", ())),
+        )
+
+
+def settlement_entry(hold: Hold, settlement: Settlement) -> LedgerEntry:
+    """The usage entry a settlement writes; ``balance_after`` is stamped after commit."""
+    return LedgerEntry(
+        id=settlement.entry_id,
+        user_id=hold.user_id,
+        created_at=settlement.created_at,
+        type=EntryType.USAGE,
+        amount=-settlement.cost,
+        balance_after=None,
+        provider=settlement.provider,
+        model=settlement.model,
+        tokens=settlement.tokens,
+        cost=settlement.cost,
+        metadata={**settlement.metadata, "hold_id": hold.id, "hold": format_money(hold.amount)},
+    )
+
+
+def operation_token(kind: str, operation_id: str, *parts: str) -> str:
+    """A TransactWriteItems ClientRequestToken derived from the operation (<= 36 chars).
+
+    The same operation (kind, hold or entry id, and whatever else shapes its items,
+    e.g. the month) always gets the same token, so a retry of a transaction that
+    already committed is answered as a success instead of being applied again."""
+    raw = ":".join((kind, operation_id, *parts))
+    return hashlib.sha256(raw.encode()).hexdigest()[:32]
+
+
+def plan_reserve(
+    account: Account,
+    amount: Decimal,
+    rate: RateGuard | None,
+    extra: tuple[GuardedWrite, ...] = (),
+) -> Mutation:
     """Take ``amount`` out of ``available`` (and cap headroom); the balance is untouched."""
     check_spend(account, amount)
     capped = account.monthly_cap is not None
@@ -266,11 +425,18 @@ def plan_reserve(account: Account, amount: Decimal, rate: RateGuard | None) -> M
         require_headroom=amount if capped else None,
         capped=capped,
         rate=rate,
+        extra=extra,
     )
 
 
-def plan_settle(account: Account, hold: Hold, cost: Decimal) -> Mutation:
-    """Charge ``cost`` (<= the hold) and give the rest of the hold back."""
+def plan_settle(
+    account: Account, hold: Hold, cost: Decimal, extra: tuple[GuardedWrite, ...] = ()
+) -> Mutation:
+    """Charge ``cost`` (<= the hold) and give the rest of the hold back.
+
+    No guard on the balance: the hold already reserved the money, so the charge cannot
+    overdraw, and concurrent settles of one account must not retry each other. The
+    store records the exact balance after this change in the same write."""
     if cost > hold.amount or cost < ZERO:
         raise ValueError("a settlement must be between 0 and its hold")
     capped = account.monthly_cap is not None
@@ -280,12 +446,14 @@ def plan_settle(account: Account, hold: Hold, cost: Decimal) -> Mutation:
         available_delta=hold.amount - cost,
         spend_delta=cost,
         headroom_delta=hold.amount - cost if capped else ZERO,
-        expected_balance=account.balance,
         capped=capped,
+        extra=extra,
     )
 
 
-def plan_release(account: Account, hold: Hold) -> Mutation:
+def plan_release(
+    account: Account, hold: Hold, extra: tuple[GuardedWrite, ...] = ()
+) -> Mutation:
     """Give a hold back in full (upstream failed, or the request died)."""
     capped = account.monthly_cap is not None
     return Mutation(
@@ -293,6 +461,7 @@ def plan_release(account: Account, hold: Hold) -> Mutation:
         available_delta=hold.amount,
         headroom_delta=hold.amount if capped else ZERO,
         capped=capped,
+        extra=extra,
     )
 
 
@@ -303,7 +472,8 @@ class LedgerEntry:
     created_at: str
     type: EntryType
     amount: Decimal
-    balance_after: Decimal
+    # None only between a settle's commit and its stamp (see DynamoLedgerStore.stamp).
+    balance_after: Decimal | None
     provider: str | None = None
     model: str | None = None
     tokens: int | None = None

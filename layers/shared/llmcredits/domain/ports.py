@@ -14,6 +14,7 @@ from llmcredits.domain.ledger import (
     LedgerEntry,
     Mutation,
     RecordWrite,
+    Settlement,
     Tier,
 )
 
@@ -32,6 +33,41 @@ class RecordConflict(Exception):
 
 class HoldGone(Exception):
     """The hold was already settled or released (e.g. by the sweeper)."""
+
+
+class HoldAnswered(Exception):
+    """A release was refused: the hold has a recorded settlement (its answer exists)."""
+
+    def __init__(self, hold: Hold) -> None:
+        super().__init__(hold.id)
+        self.hold = hold
+
+
+class StoreUnavailable(Exception):
+    """The store did not confirm a write (errors, timeouts) after retrying it.
+
+    The write may or may not have been applied; re-sending the same transaction (same
+    ClientRequestToken) is safe."""
+
+
+@dataclass(frozen=True)
+class StoredResponse:
+    """A chat response kept for an Idempotency-Key (None body: too large to keep)."""
+
+    status: int
+    content_type: str
+    body: str | None
+    headers: dict[str, str]
+
+
+@dataclass(frozen=True)
+class ResponseClaim:
+    """What claiming a chat Idempotency-Key found: nothing (claimed now), a request
+    still running, or the finished response."""
+
+    fingerprint: str
+    running: bool
+    response: StoredResponse | None = None
 
 
 @dataclass(frozen=True)
@@ -76,14 +112,49 @@ class LedgerStore(Protocol):
         hold_put: Hold | None = None,
         hold_delete: Hold | None = None,
         records: Sequence[RecordWrite] = (),
+        token: str | None = None,
     ) -> None:
         """Apply ``mutation`` and write ``entry`` and the idempotency record atomically.
 
-        ``hold_put`` opens a hold, ``hold_delete`` closes one (fails with HoldGone if closed).
-        ``records`` are written too (RecordConflict when one's condition fails).
-        Raises StaleRead when a guard fails and IdempotentReplay when the key was used.
+        ``hold_put`` opens a hold, ``hold_delete`` closes one (fails with HoldGone if closed,
+        HoldAnswered when releasing a hold with a settlement). ``records`` are written too
+        (RecordConflict when one's condition fails). ``token`` is the transaction's
+        ClientRequestToken (default: derived from the entry, hold or record written).
+        Raises StaleRead when a guard fails, IdempotentReplay when the key was used and
+        StoreUnavailable when the outcome is unknown after retries.
         """
         ...
+
+    def record_settlement(self, hold: Hold, settlement: Settlement) -> bool:
+        """Write ``settlement`` onto the open hold (the outbox). False if the hold is gone."""
+        ...
+
+    def settle(self, hold: Hold, settlement: Settlement, mutation: Mutation) -> None:
+        """Commit a recorded settlement: the account change (without a balance guard),
+        the usage entry and the hold's deletion, in one transaction whose token is
+        derived from the hold. Raises HoldGone if the hold is gone and the entry is not
+        in the ledger, StaleRead or StoreUnavailable."""
+        ...
+
+    def stamp_balance_after(self, user_id: str, entry: LedgerEntry) -> Decimal:
+        """The exact balance after a settled ``entry``, copied onto the entry."""
+        ...
+
+    def settlements_recorded_before(self, cutoff: str) -> list[Hold]:
+        """Open holds created before ``cutoff`` that carry a settlement."""
+        ...
+
+    def claim_response(
+        self, user_id: str, key: str, fingerprint: str, lease_seconds: int
+    ) -> ResponseClaim | None:
+        """Claim a chat Idempotency-Key: None if claimed now, else what holds it."""
+        ...
+
+    def finish_response(
+        self, user_id: str, key: str, fingerprint: str, response: StoredResponse
+    ) -> None: ...
+
+    def drop_response_claim(self, user_id: str, key: str) -> None: ...
 
     def set_monthly_cap(self, before: Account, after: Account) -> None: ...
 

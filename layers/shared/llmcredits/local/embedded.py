@@ -20,12 +20,19 @@ one small file append per write, where pickling the store costs O(table) (~60 ms
 Endpoint (env ``LLMCREDITS_DEV_ENDPOINT=1``): moto's server mode on 127.0.0.1 (a free
 port) in this process serves the same backends, so ``llmcredits admin`` and the AWS CLI
 reach the embedded store from another process; its requests take the same lock.
+
+moto also ignores TransactWriteItems' ClientRequestToken; DynamoDB (and DynamoDB Local,
+checked) answer a repeat of a committed transaction with the same token and items as a
+success without applying it again, and a repeat with other items with
+IdempotentParameterMismatchException, for 10 minutes. :func:`install_client_request_tokens`
+teaches moto the same.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import json
 import logging
 import os
@@ -96,7 +103,63 @@ def install_moto_dynamodb_lock() -> None:
             functools.update_wrapper(locked, original)
             cls.call_action = locked  # type: ignore[method-assign]
         _install_cheap_transaction_snapshots()
+        install_client_request_tokens()
         _patched = True
+
+
+#: How long DynamoDB remembers a transaction's ClientRequestToken.
+CLIENT_REQUEST_TOKEN_SECONDS = 600
+_tokens_lock = threading.Lock()
+_tokens_installed = False
+
+
+def install_client_request_tokens(clock: Callable[[], float] = time.monotonic) -> None:
+    """Make moto's TransactWriteItems honour ClientRequestToken as DynamoDB does (idempotent)."""
+    global _tokens_installed
+    with _tokens_lock:
+        if _tokens_installed:
+            return
+        from moto.dynamodb.exceptions import DynamodbException
+        from moto.dynamodb.responses import DynamoHandler
+
+        class IdempotentParameterMismatch(DynamodbException):
+            error_type = "com.amazonaws.dynamodb.v20120810#IdempotentParameterMismatchException"
+
+            def __init__(self) -> None:
+                super().__init__(self.error_type, message=(
+                    "The request uses the same client token as a previous, but non-identical "
+                    "request."))
+
+        original: Callable[..., Any] = DynamoHandler.transact_write_items
+        # (backend, token) -> (hash of the items, when committed, moto's answer)
+        committed: dict[tuple[int, str], tuple[str, float, Any]] = {}
+
+        def transact_write_items(self: Any) -> Any:
+            token = self.body.get("ClientRequestToken")
+            if not token:
+                return original(self)
+            digest = hashlib.sha256(
+                json.dumps(self.body["TransactItems"], sort_keys=True, default=repr).encode()
+            ).hexdigest()
+            key = (id(self.dynamodb_backend), token)
+            now = clock()
+            with _tokens_lock:
+                for old in [k for k, v in committed.items()
+                            if now - v[1] > CLIENT_REQUEST_TOKEN_SECONDS]:
+                    del committed[old]
+                seen = committed.get(key)
+            if seen is not None:
+                if seen[0] != digest:
+                    raise IdempotentParameterMismatch()
+                return seen[2]  # committed before: success, nothing applied again
+            result = original(self)
+            with _tokens_lock:
+                committed[key] = (digest, now, result)
+            return result
+
+        functools.update_wrapper(transact_write_items, original)
+        DynamoHandler.transact_write_items = transact_write_items  # type: ignore[method-assign]
+        _tokens_installed = True
 
 
 def _install_cheap_transaction_snapshots() -> None:

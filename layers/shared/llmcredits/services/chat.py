@@ -7,7 +7,9 @@ or release the hold when the upstream fails.
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Protocol
@@ -15,11 +17,23 @@ from typing import Any, Protocol
 from llmcredits import jsonexact
 from llmcredits.domain.answer import ensure_routed_model
 from llmcredits.domain.byok import may_have_key, redact
+from llmcredits.domain.ledger import Account, GuardedWrite, Hold, fingerprint
+from llmcredits.domain.ports import StoredResponse
 from llmcredits.domain.pricing import Catalog, Route
-from llmcredits.errors import ApiError, UpstreamError
+from llmcredits.errors import ApiError, IdempotencyConflict, InvalidRequest, UpstreamError
 from llmcredits.models_chat import ChatCompletionRequest
 from llmcredits.money import ZERO, format_money, quantize
 from llmcredits.services.ledger import LedgerService
+
+log = logging.getLogger(__name__)
+
+# Responses kept for an Idempotency-Key, at most this large (DynamoDB items stop at
+# 400 KB); a retry of a larger one gets 409 ``idempotency_response_too_large``.
+MAX_STORED_RESPONSE_BYTES = 256 * 1024
+# A claim still "running" after this long belongs to a process that died (the chat
+# function's timeout is 60 s); a retry may then take the key over.
+IDEMPOTENCY_LEASE_SECONDS = 15 * 60
+MAX_IDEMPOTENCY_KEY_LENGTH = 255
 
 
 class Reply(Protocol):
@@ -49,6 +63,28 @@ class ProviderKeys(Protocol):
 class NoProviderKeys:
     def key_for(self, user_id: str, provider: str) -> str | None:
         return None
+
+
+class TransactionExtras(Protocol):
+    """Writes another adapter adds to the money transactions of one chat request (e.g.
+    an API key's limit on reserve, its spend on settle). Each returns GuardedWrites."""
+
+    def on_reserve(self, account: Account, amount: Decimal) -> Sequence[GuardedWrite]: ...
+
+    def on_settle(self, hold: Hold, cost: Decimal) -> Sequence[GuardedWrite]: ...
+
+    def on_release(self, hold: Hold) -> Sequence[GuardedWrite]: ...
+
+
+class NoExtras:
+    def on_reserve(self, account: Account, amount: Decimal) -> Sequence[GuardedWrite]:
+        return ()
+
+    def on_settle(self, hold: Hold, cost: Decimal) -> Sequence[GuardedWrite]:
+        return ()
+
+    def on_release(self, hold: Hold) -> Sequence[GuardedWrite]:
+        return ()
 
 
 @dataclass(frozen=True)
@@ -84,6 +120,56 @@ class ChatService:
         *,
         power_level_header: str | None,
         request_id: str,
+        idempotency_key: str | None = None,
+        extras: TransactionExtras | None = None,
+    ) -> ChatResult:
+        """One metered completion. With ``idempotency_key`` (scoped to the user, kept
+        24 h) a retry with the same body gets the first response and is charged once."""
+        if idempotency_key is None:
+            return self._complete(user_id, request, power_level_header, request_id,
+                                  extras or NoExtras())
+        if not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY_LENGTH or \
+                not idempotency_key.isprintable():
+            raise InvalidRequest(
+                f"Idempotency-Key must be 1..{MAX_IDEMPOTENCY_KEY_LENGTH} printable characters.",
+                param="Idempotency-Key",
+            )
+        request_fingerprint = fingerprint(
+            {"body": request.model_dump(mode="json"), "power_level": power_level_header}
+        )
+        found = self._ledger.claim_response(
+            user_id, idempotency_key, request_fingerprint, IDEMPOTENCY_LEASE_SECONDS
+        )
+        if found is not None:
+            return replayed(found.fingerprint == request_fingerprint, found.running,
+                            found.response)
+        try:
+            result = self._complete(user_id, request, power_level_header, request_id,
+                                    extras or NoExtras())
+        except BaseException:
+            # Nothing was charged: free the key so a retry runs again.
+            self._ledger.drop_response_claim(user_id, idempotency_key)
+            raise
+        size = len(result.body.encode())
+        stored = StoredResponse(
+            status=result.status,
+            content_type=result.content_type,
+            body=result.body if size <= MAX_STORED_RESPONSE_BYTES else None,
+            headers=result.headers,
+        )
+        try:
+            self._ledger.finish_response(user_id, idempotency_key, request_fingerprint, stored)
+        except Exception:  # the answer is charged; a retry now sees "running" until the lease
+            log.warning("storing the idempotent response failed", exc_info=True)
+        return result
+
+    def _complete(
+        self,
+        user_id: str,
+        request: ChatCompletionRequest,
+        power_level_header: str | None,
+        request_id: str,
+        extras: TransactionExtras,
     ) -> ChatResult:
         account = self._ledger.account(user_id)
         tier = account.tier.value
@@ -110,6 +196,7 @@ class ChatService:
             rate_limit=self._catalog.rate_limit(tier),
             request_id=request_id,
             model=route.model,
+            extra=lambda fresh: extras.on_reserve(fresh, hold_amount),
         )
 
         payload = request.passthrough()
@@ -126,7 +213,7 @@ class ChatService:
             ensure_routed_model(route, reply.models)  # [input] another model: 502, released
         except Exception as exc:
             # 502/504/4xx from the upstream, or anything else: no charge, hold back.
-            self._ledger.release(hold, account)
+            self._ledger.release(hold, account, extras.on_release(hold))
             if api_key:
                 # A provider may echo the caller's key in its error: never pass it on.
                 raise without_secret(exc, api_key) from None
@@ -159,7 +246,7 @@ class ChatService:
                 # reserved, so it is all we may take (never overdraw).
                 metadata["capped_at_hold"] = format_money(cost)
                 cost = hold.amount
-        entry = self._ledger.settle(
+        settled = self._ledger.settle(
             account,
             hold,
             cost,
@@ -167,14 +254,19 @@ class ChatService:
             model=route.model,
             tokens=tokens,
             metadata=metadata,
+            extra=extras.on_settle(hold, cost),
         )
         headers = {
             "X-Credits-Charged": format_money(cost),
-            "X-Credits-Remaining": format_money(entry.balance_after),
             "X-Request-Id": request_id,
             # [input] X-Max-Tokens-Clipped: <requested> when max_tokens was lowered.
             **self._catalog.clip_headers(request.requested_max_tokens(), route),
         }
+        if settled.entry.balance_after is not None:
+            headers["X-Credits-Remaining"] = format_money(settled.entry.balance_after)
+        if settled.pending:
+            # Recorded on the hold; the settle worker commits it within a minute.
+            headers["X-Credits-Settlement"] = "pending"
         if request.stream:
             return ChatResult(200, "text/event-stream", self._sse(reply.chunks, cost), headers,
                               cost=cost, upstream_ms=latency_ms)
@@ -208,6 +300,32 @@ class ChatService:
             }) + "\n\n")
         lines.append("data: [DONE]\n\n")
         return "".join(lines)
+
+
+def replayed(same_body: bool, running: bool, response: StoredResponse | None) -> ChatResult:
+    """The answer to a retry with a used Idempotency-Key (DESIGN section 2)."""
+    if not same_body:
+        raise IdempotencyConflict(
+            "This Idempotency-Key was already used with a different request body.",
+            param="Idempotency-Key",
+        )
+    if running or response is None:
+        raise IdempotencyConflict(
+            "A request with this Idempotency-Key is still running; retry when it has "
+            "finished to get its response.",
+            code="idempotency_in_progress",
+            param="Idempotency-Key",
+        )
+    if response.body is None:
+        raise IdempotencyConflict(
+            f"The response to this Idempotency-Key was larger than "
+            f"{MAX_STORED_RESPONSE_BYTES // 1024} KB and was not kept, so it cannot be "
+            "replayed; it was charged once. Use a new key for a new request.",
+            code="idempotency_response_too_large",
+            param="Idempotency-Key",
+        )
+    headers = {**response.headers, "Idempotent-Replayed": "true"}
+    return ChatResult(response.status, response.content_type, response.body, headers)
 
 
 def without_secret(exc: Exception, secret: str) -> Exception:

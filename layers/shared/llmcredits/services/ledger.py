@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 import random
 import time
 import uuid
@@ -22,11 +23,13 @@ from typing import Any
 from llmcredits.domain.ledger import (
     Account,
     EntryType,
+    GuardedWrite,
     Hold,
     IdempotencyClaim,
     LedgerEntry,
     Mutation,
     RecordWrite,
+    Settlement,
     Tier,
     fingerprint,
     month_of,
@@ -39,15 +42,20 @@ from llmcredits.domain.ledger import (
     plan_usage_debit,
     rate_guard,
     rolled_over,
+    settlement_entry,
     timestamp,
     with_monthly_cap,
 )
 from llmcredits.domain.ports import (
+    HoldAnswered,
     HoldGone,
     IdempotentReplay,
     LedgerStore,
+    ResponseClaim,
     StaleRead,
+    StoredResponse,
     StoredResult,
+    StoreUnavailable,
 )
 from llmcredits.errors import (
     ContentionTimeout,
@@ -61,6 +69,13 @@ from llmcredits.views import entry_view
 MAX_ATTEMPTS = 100
 MAX_BACKOFF_SECONDS = 0.05
 HISTORY_MAX_LIMIT = 200
+# A settle re-plans only when the month or the cap changed under it; past this many
+# tries (or when the store does not answer) the recorded settlement waits for the worker.
+SETTLE_ATTEMPTS = 5
+# Recording the settlement on the hold is what makes an answer's charge durable.
+RECORD_ATTEMPTS = 6
+
+log = logging.getLogger(__name__)
 
 
 def utcnow() -> datetime:
@@ -74,6 +89,33 @@ class ChangeResult:
     status: int
     body: dict[str, Any]
     replayed: bool = False
+
+
+@dataclass(frozen=True)
+class Settled:
+    """A settle's outcome: the usage entry, and whether it is committed yet.
+
+    ``pending``: the settlement is recorded on the hold (durable) and the settle worker
+    commits it; ``entry.balance_after`` is None until then (or until it is stamped)."""
+
+    entry: LedgerEntry
+    pending: bool = False
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    released: list[Hold]
+    settled: list[Hold]
+
+
+@dataclass(frozen=True)
+class PendingReport:
+    """What one settle-worker run found: applied now, left pending, and the oldest age."""
+
+    applied: int
+    pending: int
+    older_than_minute: int
+    oldest_seconds: int
 
 
 @dataclass(frozen=True)
@@ -145,6 +187,21 @@ class LedgerService:
         self, key: str, owner: str | None, values: dict[str, Any], *, only_new: bool = False
     ) -> bool:
         return self._store.put_record(key, owner, values, only_new=only_new)
+
+    # -- chat responses kept for an Idempotency-Key ------------------------------------
+
+    def claim_response(
+        self, user_id: str, key: str, request_fingerprint: str, lease_seconds: int
+    ) -> ResponseClaim | None:
+        return self._store.claim_response(user_id, key, request_fingerprint, lease_seconds)
+
+    def finish_response(
+        self, user_id: str, key: str, request_fingerprint: str, response: StoredResponse
+    ) -> None:
+        self._store.finish_response(user_id, key, request_fingerprint, response)
+
+    def drop_response_claim(self, user_id: str, key: str) -> None:
+        self._store.drop_response_claim(user_id, key)
 
     # -- money changes ----------------------------------------------------------------
 
@@ -318,6 +375,14 @@ class LedgerService:
                 return self._replay(replay.stored, claim)
             except StaleRead:
                 self._backoff(attempt)
+            except StoreUnavailable as exc:
+                # Outcome unknown even after re-sending with the same token: do not
+                # re-plan (a new entry id would apply it twice); the caller may retry
+                # with its Idempotency-Key.
+                raise ContentionTimeout(
+                    "The ledger did not confirm the change; retry with the same "
+                    "Idempotency-Key to apply it at most once."
+                ) from exc
         raise ContentionTimeout("The account is busy; retry the request.")
 
     def earlier_result(self, user_id: str, claim: IdempotencyClaim | None) -> ChangeResult | None:
@@ -351,13 +416,19 @@ class LedgerService:
         rate_limit: int | None,
         request_id: str = "",
         model: str = "",
+        extra: Callable[[Account], Sequence[GuardedWrite]] | Sequence[GuardedWrite] = (),
     ) -> Hold:
         """Reserve ``amount`` with one conditional write that also enforces the monthly
-        cap and the per-minute rate limit. Raises 402/429; writes nothing then."""
+        cap and the per-minute rate limit. Raises 402/429; writes nothing then.
+
+        ``extra``: more guarded item updates for the same transaction (e.g. an API
+        key's limit), or a function of the fresh account read that plans them; a failed
+        condition raises its ``error``."""
         for attempt in range(MAX_ATTEMPTS):
             now = self._clock()
             rate = None if rate_limit is None else rate_guard(account, now, rate_limit)
-            mutation = plan_reserve(account, amount, rate)  # raises the 402s
+            writes = tuple(extra(account) if callable(extra) else extra)
+            mutation = plan_reserve(account, amount, rate, writes)  # raises the 402s
             hold = Hold(
                 id=uuid.uuid4().hex,
                 user_id=account.user_id,
@@ -386,43 +457,112 @@ class LedgerService:
         model: str | None,
         tokens: int | None,
         metadata: dict[str, Any],
-    ) -> LedgerEntry:
+        extra: Sequence[GuardedWrite] = (),
+    ) -> Settled:
         """Charge ``cost`` (at most the hold), release the rest and write the usage entry,
-        in one transaction. ``account`` is a recent read; a stale one costs a retry."""
-        for attempt in range(MAX_ATTEMPTS):
-            now = self._clock()
-            mutation = plan_settle(account, hold, cost)
-            entry = LedgerEntry(
-                id=uuid.uuid4().hex,
-                user_id=account.user_id,
-                created_at=timestamp(now),
-                type=EntryType.USAGE,
-                amount=mutation.balance_delta,
-                balance_after=mutation.balance_after,
-                provider=provider,
-                model=model,
-                tokens=tokens,
-                cost=cost,
-                metadata={**metadata, "hold_id": hold.id, "hold": format_money(hold.amount)},
-            )
-            try:
-                self._store.commit(
-                    account.user_id, mutation, entry, timestamp(now), hold_delete=hold
-                )
-                return entry
-            except StaleRead:
-                self._backoff(attempt)
-                account = self.account(account.user_id)
-        raise ContentionTimeout("The account is busy; retry the request.")
+        in one transaction without a guard on the balance.
 
-    def release(self, hold: Hold, account: Account | None = None) -> bool:
-        """Give a hold back in full. False if it was already settled or released."""
+        First the settlement is recorded on the hold (the outbox): from then on the
+        charge is durable. If the transaction cannot commit now, the settle worker
+        applies the recorded settlement later, exactly once (``pending``). ``extra``:
+        guarded writes for the same transaction (e.g. an API key's spend), kept with
+        the settlement so the worker applies the same ones."""
+        now = self._clock()
+        settlement = Settlement(
+            entry_id=uuid.uuid4().hex,
+            created_at=timestamp(now),
+            cost=cost,
+            provider=provider,
+            model=model,
+            tokens=tokens,
+            metadata=metadata,
+            extra=tuple(extra),
+        )
+        recorded = self._record(hold, settlement)
+        if recorded is False:
+            # The hold is gone without our settlement: the sweeper freed it (the request
+            # outlived the sweeper's cutoff). Bill the answer from the balance instead.
+            return self._charge_without_hold(hold, settlement)
+        settled = self._apply(hold, settlement, account)
+        # Neither the outbox nor the ledger took the write: keep trying the outbox.
+        if settled.pending and recorded is None and \
+                self._record(hold, settlement, attempts=RECORD_ATTEMPTS) is None:
+            log.error("settlement not recorded", extra={"hold_id": hold.id,
+                                                            "user_id": hold.user_id,
+                                                            "cost": str(cost)})
+        return settled
+
+    def _record(self, hold: Hold, settlement: Settlement, attempts: int = 1) -> bool | None:
+        """True: recorded; False: the hold is gone; None: the store did not answer."""
+        for attempt in range(attempts):
+            try:
+                return self._store.record_settlement(hold, settlement)
+            except Exception:  # any store failure: the settle may still commit
+                log.warning("recording a settlement failed", exc_info=True,
+                            extra={"hold_id": hold.id})
+                if attempt < attempts - 1:
+                    self._backoff(attempt + 4)
+        return None
+
+    def _apply(self, hold: Hold, settlement: Settlement, account: Account | None) -> Settled:
+        entry = settlement_entry(hold, settlement)
+        account = account or self.account(hold.user_id)
+        for attempt in range(SETTLE_ATTEMPTS):
+            mutation = plan_settle(account, hold, settlement.cost, settlement.extra)
+            try:
+                self._store.settle(hold, settlement, mutation)
+                break
+            except StaleRead:  # the month rolled over, or a cap was set or removed
+                self._backoff(attempt)
+                account = self.account(hold.user_id)
+            except StoreUnavailable:
+                log.warning("settle not confirmed; left to the settle worker",
+                            extra={"hold_id": hold.id})
+                return Settled(entry, pending=True)
+            except HoldGone:
+                log.error("settle found its hold gone and no entry", extra={"hold_id": hold.id})
+                return Settled(entry, pending=True)
+        else:
+            return Settled(entry, pending=True)
+        try:
+            balance_after = self._store.stamp_balance_after(hold.user_id, entry)
+        except Exception:  # committed; balance_after waits on the account
+            log.warning("stamping balance_after failed", exc_info=True,
+                        extra={"entry_id": entry.id})
+            return Settled(entry)
+        return Settled(replace(entry, balance_after=balance_after))
+
+    def _charge_without_hold(self, hold: Hold, settlement: Settlement) -> Settled:
+        log.error("hold gone before settle; charging the balance",
+                  extra={"hold_id": hold.id, "user_id": hold.user_id})
+        result = self.debit_usage(
+            hold.user_id,
+            settlement.cost,
+            provider=settlement.provider,
+            model=settlement.model,
+            tokens=settlement.tokens,
+            metadata={**settlement.metadata, "hold_id": hold.id, "hold_lost": True},
+            idempotency_key=f"hold-{hold.id}",
+        )
+        entry = settlement_entry(hold, settlement)
+        return Settled(replace(entry, balance_after=Decimal(result.body["balance"])))
+
+    def release(
+        self,
+        hold: Hold,
+        account: Account | None = None,
+        extra: Sequence[GuardedWrite] = (),
+    ) -> bool:
+        """Give a hold back in full. False if it was already settled or released.
+
+        Raises HoldAnswered for a hold whose settlement is recorded: it is settled,
+        never freed."""
         account = account or self.account(hold.user_id)
         for attempt in range(MAX_ATTEMPTS):
             try:
                 self._store.commit(
                     hold.user_id,
-                    plan_release(account, hold),
+                    plan_release(account, hold, tuple(extra)),
                     None,
                     timestamp(self._clock()),
                     hold_delete=hold,
@@ -435,10 +575,42 @@ class LedgerService:
                 account = self.account(hold.user_id)
         raise ContentionTimeout("The account is busy; retry the request.")
 
-    def sweep_holds(self, max_age_seconds: int) -> list[Hold]:
-        """Release holds of requests that died (older than any live request can be)."""
+    def sweep_holds(self, max_age_seconds: int) -> SweepResult:
+        """Release holds of requests that died before an answer (older than any live
+        request can be); a hold whose answer is recorded is settled instead."""
         cutoff = timestamp(self._clock() - timedelta(seconds=max_age_seconds))
-        return [hold for hold in self._store.holds_created_before(cutoff) if self.release(hold)]
+        released, settled = [], []
+        for hold in self._store.holds_created_before(cutoff):
+            try:
+                if hold.settlement is None:
+                    if self.release(hold):
+                        released.append(hold)
+                    continue
+            except HoldAnswered as answered:
+                hold = answered.hold
+            assert hold.settlement is not None
+            if not self._apply(hold, hold.settlement, None).pending:
+                settled.append(hold)
+        return SweepResult(released=released, settled=settled)
+
+    def apply_pending_settlements(self, older_than_seconds: int) -> PendingReport:
+        """The settle worker: commit every recorded settlement of a hold older than
+        ``older_than_seconds`` (younger ones are still being settled by their request)."""
+        now = self._clock()
+        cutoff = timestamp(now - timedelta(seconds=older_than_seconds))
+        applied = pending = old = oldest = 0
+        for hold in self._store.settlements_recorded_before(cutoff):
+            assert hold.settlement is not None
+            recorded = datetime.strptime(hold.settlement.created_at, "%Y-%m-%dT%H:%M:%S.%fZ")
+            age = int((now - recorded.replace(tzinfo=UTC)).total_seconds())
+            oldest = max(oldest, age)
+            old += age > 60
+            if self._apply(hold, hold.settlement, None).pending:
+                pending += 1
+            else:
+                applied += 1
+        return PendingReport(applied=applied, pending=pending, older_than_minute=old,
+                             oldest_seconds=oldest)
 
     # -- history ----------------------------------------------------------------------
 
@@ -474,7 +646,7 @@ def decode_cursor(cursor: str, user_id: str) -> str:
     return key
 
 
-__all__ = ["ZERO", "ChangeResult", "HistoryPage", "LedgerService"]
+__all__ = ["ZERO", "ChangeResult", "HistoryPage", "LedgerService", "Settled"]
 
 
 def grant_claim(
