@@ -182,7 +182,7 @@ def test_a_hold_settles_once(ledger: Any) -> None:
 def test_settle_charges_the_cost_not_the_hold(ledger: Any) -> None:
     hold = ledger.reserve(fund(ledger, "10"), Decimal(5), rate_limit=None)
     entry = ledger.settle(ledger.account(USER), hold, Decimal("1.250000"), provider="p",
-                          model="m", tokens=3, metadata={})
+                          model="m", tokens=3, metadata={}).entry
     assert entry.amount == Decimal("-1.25") and entry.balance_after == Decimal("8.75")
     account = ledger.account(USER)
     assert (account.balance, account.available) == (Decimal("8.75"), Decimal("8.75"))
@@ -218,7 +218,8 @@ def test_release_restores_cap_headroom(ledger: Any) -> None:
 
 def test_the_sweeper_leaves_live_holds_alone(ledger: Any) -> None:
     hold = ledger.reserve(fund(ledger, "10"), Decimal(5), rate_limit=None)
-    assert ledger.sweep_holds(600) == []
+    swept = ledger.sweep_holds(600)
+    assert (swept.released, swept.settled) == ([], [])
     assert ledger.account(USER).available == Decimal(5)
     ledger.settle(ledger.account(USER), hold, Decimal(1), provider="p", model="m", tokens=1,
                   metadata={})
@@ -232,7 +233,7 @@ def test_settle_from_a_stale_snapshot_lands_on_the_current_balance(
     hold = ledger.reserve(stale, Decimal(5), rate_limit=None)
     fund(ledger, "10")  # another writer: balance 20 now
     entry = ledger.settle(stale, hold, Decimal(2), provider="p", model="m", tokens=1,
-                          metadata={})
+                          metadata={}).entry
     assert entry.balance_after == Decimal(18)
     assert ledger.account(USER).balance == Decimal(18)
     assert_books_balance(USER)

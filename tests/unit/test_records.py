@@ -201,7 +201,7 @@ def test_a_refund_planned_from_a_stale_payment_record_claws_back_only_the_new_am
     assert_books_balance(USER)
 
 
-def test_a_dispute_writes_its_event_and_dispute_records_and_claws_back_once(
+def test_a_dispute_writes_its_event_and_charge_state_records_and_claws_back_once(
     ledger: Any, payments: Any, provider: NoProvider
 ) -> None:
     pi = bought(payments, provider, "cs_rec_7", 2500)
@@ -209,8 +209,9 @@ def test_a_dispute_writes_its_event_and_dispute_records_and_claws_back_once(
     evt = event("charge.dispute.created", dp)
     assert payments.apply_event(evt).outcome == "disputed"
     assert record_exists(f"stripe-event:{evt['id']}", USER)
-    assert record_exists(f"stripe-dispute:{dp['id']}", USER)
-    # The same dispute in another event: only the dispute record stops it.
+    # The charge's state (a chain of must-not-exist records, global) now knows the dispute.
+    assert record_exists(f"charge-state:{pi}:1", None)
+    # The same dispute in another event: only the charge state stops it.
     assert payments.apply_event(event("charge.dispute.created", dp)).outcome == "duplicate"
     assert balance(ledger) == Decimal(0)
 

@@ -43,6 +43,7 @@ from llmcredits.domain.ledger import (
     RecordWrite,
     Settlement,
     Tier,
+    hold_charged_record,
     operation_token,
     settlement_entry,
 )
@@ -518,9 +519,12 @@ class DynamoLedgerStore:
     def settle(self, hold: Hold, settlement: Settlement, mutation: Mutation) -> None:
         entry = settlement_entry(hold, settlement)
         token = operation_token("settle", hold.id, mutation.month, str(mutation.capped))
+        charged = hold_charged_record(hold, entry.id, int(time.time()))
         try:
             self.commit(hold.user_id, mutation, entry, settlement.created_at,
-                        hold_delete=hold, token=token)
+                        hold_delete=hold, token=token, records=(charged,))
+        except RecordConflict:
+            return  # this hold was charged already: nothing more to do
         except HoldGone:
             # Committed before (its token expired, or another process applied it)?
             if self._entry_exists(entry):

@@ -511,3 +511,18 @@ def fingerprint(payload: dict[str, Any]) -> str:
     """Stable hash of a request's meaningful fields (Decimals as their exact strings)."""
     canonical = json.dumps(payload, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+#: How long the "this hold was charged" marker stays (TTL): far past any hold's life.
+HOLD_CHARGED_TTL_SECONDS = 7 * 24 * 3600
+
+
+def hold_charged_record(hold: Hold, entry_id: str, now_epoch: int) -> RecordWrite:
+    """The marker each charge of a hold writes in its own transaction (must not exist):
+    the settle, or the balance debit of a hold the sweeper freed. A second charge of the
+    same hold (a retried settle after the first committed) fails on it, charging nothing."""
+    return RecordWrite(
+        key=f"hold-charged:{hold.id}",
+        values={"entry_id": entry_id, "expires_at": now_epoch + HOLD_CHARGED_TTL_SECONDS},
+        owner=hold.user_id,
+    )

@@ -32,6 +32,7 @@ from llmcredits.domain.ledger import (
     Settlement,
     Tier,
     fingerprint,
+    hold_charged_record,
     month_of,
     plan_adjustment_debit,
     plan_clawback,
@@ -51,6 +52,7 @@ from llmcredits.domain.ports import (
     HoldGone,
     IdempotentReplay,
     LedgerStore,
+    RecordConflict,
     ResponseClaim,
     StaleRead,
     StoredResponse,
@@ -235,6 +237,7 @@ class LedgerService:
         tokens: int | None = None,
         metadata: dict[str, Any] | None = None,
         idempotency_key: str | None = None,
+        records: Sequence[RecordWrite] = (),
     ) -> ChangeResult:
         """Usage paid straight from the balance (402 when it would overdraw or pass the cap)."""
         claim = None
@@ -257,6 +260,7 @@ class LedgerService:
             },
             claim=claim,
             status=200,
+            records=records,
         )
 
     def credit(
@@ -535,16 +539,22 @@ class LedgerService:
     def _charge_without_hold(self, hold: Hold, settlement: Settlement) -> Settled:
         log.error("hold gone before settle; charging the balance",
                   extra={"hold_id": hold.id, "user_id": hold.user_id})
-        result = self.debit_usage(
-            hold.user_id,
-            settlement.cost,
-            provider=settlement.provider,
-            model=settlement.model,
-            tokens=settlement.tokens,
-            metadata={**settlement.metadata, "hold_id": hold.id, "hold_lost": True},
-            idempotency_key=f"hold-{hold.id}",
-        )
         entry = settlement_entry(hold, settlement)
+        try:
+            result = self.debit_usage(
+                hold.user_id,
+                settlement.cost,
+                provider=settlement.provider,
+                model=settlement.model,
+                tokens=settlement.tokens,
+                metadata={**settlement.metadata, "hold_id": hold.id, "hold_lost": True},
+                idempotency_key=f"hold-{hold.id}",
+                records=(hold_charged_record(hold, entry.id, int(self._clock().timestamp())),),
+            )
+        except RecordConflict:
+            # Not freed by the sweeper but settled already (a retried settle): no charge.
+            log.warning("hold charged already; settle ignored", extra={"hold_id": hold.id})
+            return Settled(entry)
         return Settled(replace(entry, balance_after=Decimal(result.body["balance"])))
 
     def release(
