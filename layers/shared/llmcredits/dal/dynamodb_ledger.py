@@ -388,6 +388,10 @@ class DynamoLedgerStore:
         try:
             self.transact(items, token)
         except ClientError as exc:
+            if _code(exc) == "IdempotentParameterMismatchException" and hold_delete is not None:
+                # Tokens of hold operations derive from the hold: another settle or
+                # release of this hold committed within 10 minutes, so the hold is gone.
+                raise HoldGone(hold_delete.id) from exc
             if _code(exc) != "TransactionCanceledException":
                 raise
             reasons = exc.response.get("CancellationReasons", [])
