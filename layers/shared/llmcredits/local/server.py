@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
+from llmcredits.local import oidc_login
 from llmcredits.local.authorizer import AuthError, JwtAuthority
 from llmcredits.local.embedded import (
     MOTO_DYNAMODB_LOCK,
@@ -1301,6 +1302,9 @@ class LocalStack:
     ) -> tuple[HttpResponse, str]:
         """Route, authorize, invoke and map one request: (response, function id or "-")."""
         json_headers = [("content-type", "application/json")]
+        if oidc_login.handles(raw_path):  # the local issuer's login page (console sign-in)
+            return HttpResponse(*oidc_login.respond(self, method, raw_path, raw_query,
+                                                    header_items, read_body())), "oidc-login"
         matched = self.router.match(method, raw_path)
         if matched is None:
             read_body()
