@@ -417,20 +417,25 @@ export function costLiteral(raw) {
 
 export async function playground(main) {
   main.append(el("h1", {}, "Playground"));
-  const model = el("select", { id: "pg-model" }, el("option", { value: "auto" }, "auto (route by power level)"));
+  // A free-text model id (any of GET /models, or "auto"), with the allowed ones suggested.
+  const model = el("input", { id: "pg-model", list: "pg-models", value: "auto", required: true, autocomplete: "off",
+    spellcheck: "false", "aria-describedby": "pg-model-help" });
+  const suggestions = el("datalist", { id: "pg-models" }, el("option", { value: "auto" }, "routed for you by power level"));
   const level = el("select", { id: "pg-level" }, POWER_LEVELS.map((p) => el("option", { value: p }, p)));
   const prompt = el("textarea", { id: "pg-prompt", required: true, rows: "4" }, "Say hello in five words.");
   const send = el("button", { type: "submit" }, "Send");
   const reply = el("div", { class: "reply", id: "pg-reply", "aria-live": "polite", "aria-label": "Reply" });
   const meta = el("div", { id: "pg-meta", "aria-live": "polite" });
   const form = el("form", { id: "pg-form" },
-    el("div", { class: "inline" }, el("label", { for: "pg-model" }, "Model", model), el("label", { for: "pg-level" }, "Power level", level)),
+    el("div", { class: "inline" }, el("label", { for: "pg-model" }, "Model", model), suggestions,
+      el("label", { for: "pg-level" }, "Power level", level)),
+    el("p", { id: "pg-model-help", class: "muted" }, "\"auto\" picks a model for the power level; or type a model id from Models."),
     el("p", {}, el("label", { for: "pg-prompt" }, "Message"), prompt), send);
   main.append(el("section", { class: "panel" }, form), el("h2", {}, "Reply"), reply, meta);
   try {
     const doc = await getJson("/models");
     const allowed = doc.data.filter((m) => m.allowed);
-    append(model, allowed.map((m) => el("option", { value: m.id }, m.id)));
+    append(suggestions, allowed.map((m) => el("option", { value: m.id })));
     const levels = new Set(allowed.flatMap((m) => m.power_levels || []));
     for (const opt of level.options) opt.disabled = levels.size > 0 && !levels.has(opt.value);
     const first = Array.from(level.options).find((o) => !o.disabled);
@@ -438,7 +443,7 @@ export async function playground(main) {
   } catch (err) { meta.append(message(err.message)); }
   form.addEventListener("submit", (ev) => {
     ev.preventDefault();
-    busy(send, "Streaming…", () => stream(model.value, level.value, prompt.value, reply, meta));
+    busy(send, "Streaming…", () => stream(model.value.trim(), level.value, prompt.value, reply, meta));
   });
 }
 
