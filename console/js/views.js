@@ -117,10 +117,25 @@ function renderUsage(body, u, days) {
     card("Requests", String(t.requests ?? 0), "usage-requests"),
     card("Tokens", String(t.total_tokens ?? 0), "usage-tokens")));
   const byDay = Array.isArray(u.by_day) ? u.by_day : [];
-  const chart = el("section", { class: "panel", "aria-labelledby": "by-day-h" },
-    el("h2", { id: "by-day-h" }, `Cost by day, last ${days} days`));
-  chart.append(barChart(byDay.map((d) => ({ label: d.date, value: d.cost, caption: `${d.cost} credits, ${d.requests} requests` })),
-    { title: `Cost per day from ${u.start_date} to ${u.end_date}` }));
+  const heading = el("h2", { id: "by-day-h" });
+  const chart = el("section", { class: "panel", "aria-labelledby": "by-day-h" }, heading);
+  const plot = el("div");
+  const metrics = { cost: ["Cost", (d) => d.cost, (d) => `${d.cost} credits`],
+    requests: ["Requests", (d) => String(d.requests), (d) => `${d.requests} requests`],
+    total_tokens: ["Tokens", (d) => String(d.total_tokens), (d) => `${d.total_tokens} tokens`] };
+  const metricTabs = el("div", { class: "tabs", role: "group", "aria-label": "Chart shows" });
+  const draw = (metric) => {
+    const [label, value, caption] = metrics[metric];
+    heading.textContent = `${label} by day, last ${days} days`;
+    for (const b of metricTabs.querySelectorAll("button")) b.setAttribute("aria-pressed", String(b.dataset.metric === metric));
+    clear(plot).append(barChart(byDay.map((d) => ({ label: d.date, value: value(d), caption: caption(d) })),
+      { title: `${label} per day from ${u.start_date} to ${u.end_date}` }));
+  };
+  for (const [metric, [label]] of Object.entries(metrics)) {
+    metricTabs.append(el("button", { type: "button", class: "secondary", "data-metric": metric, onclick: () => draw(metric) }, label));
+  }
+  chart.append(metricTabs, plot);
+  draw("cost");
   chart.append(el("details", {}, el("summary", {}, "Daily figures as a table"),
     table("Cost per day", [{ label: "Day" }, { label: "Requests", num: true }, { label: "Tokens", num: true }, { label: "Cost", num: true }],
       byDay.map((d) => [d.date, String(d.requests), String(d.total_tokens), d.cost]))));

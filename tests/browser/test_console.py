@@ -124,10 +124,15 @@ def test_playground_streams_a_reply_and_shows_its_exact_cost(page: Any, stack: L
 
 def test_usage_page_charts_days_and_models(page: Any, stack: LocalStack):
     sub = user()
+    with api(stack, sub, admin=True) as admin:  # a paying tier, so the chart has heights
+        assert admin.patch(f"/admin/users/{sub}", json={"tier": "starter"}).status_code == 200
+        resp = admin.post(f"/admin/users/{sub}/credits",
+                          json={"amount": "5", "type": "bonus", "reason": "usage"})
+        assert resp.status_code in (200, 201), resp.text
     with api(stack, sub) as client:
         for _ in range(2):
             resp = client.post("/chat/completions", json={
-                "model": "auto", "power_level": "eco",
+                "model": "auto", "power_level": "balanced",
                 "messages": [{"role": "user", "content": "count me"}]})
             assert resp.status_code == 200, resp.text
         model = resp.json()["model"]
@@ -137,6 +142,14 @@ def test_usage_page_charts_days_and_models(page: Any, stack: LocalStack):
     page.locator("svg.chart").wait_for()
     assert page.locator("svg.chart rect.bar").count() == 7
     assert page.locator("#usage-requests").inner_text() == "2"
+    with api(stack, sub) as client:
+        report = client.get("/usage", params={"days": 7}).json()
+    assert report["totals"]["cost"] != "0.000000"
+    assert page.locator("#usage-cost").inner_text() == report["totals"]["cost"]
+    today = page.locator("svg.chart rect.bar").nth(6)
+    assert float(today.get_attribute("height") or 0) > 0
+    assert today.locator("title").text_content() == (
+        f"{report['by_day'][-1]['date']}: {report['by_day'][-1]['cost']} credits")
     assert page.locator("tr", has_text=model).count() >= 1
     page.get_by_role("button", name="30 days").click()
     page.locator("svg.chart rect.bar").nth(29).wait_for(state="attached")
@@ -202,7 +215,8 @@ def test_trusted_types_refuse_html_strings(page: Any, stack: LocalStack, watched
     'untrusted text is rendered with textContent' holds for code we have not written yet."""
     sign_in(page, user())
     outcome = page.evaluate("""() => {
-        try { document.querySelector('main').innerHTML = '<img src=x onerror=alert(1)>'; return 'assigned'; }
+        const main = document.querySelector('main');
+        try { main.innerHTML = '<img src=x onerror=alert(1)>'; return 'assigned'; }
         catch (e) { return e.name; } }""")
     assert outcome == "TypeError"
     # Chromium reports the refused assignment as a console error: expected here only.

@@ -31,6 +31,12 @@ def test_sample_event_exists_and_is_served(upstream, monkeypatch, name):
         assert result == {"batchItemFailures": []}
         return
     assert evt["version"] == "2.0"
+    if name == "console":  # its sign-in settings are template parameters
+        for var, value in (("CONSOLE_OIDC_ISSUER", "https://issuer.example.com"),
+                           ("CONSOLE_CLIENT_ID", "console"),
+                           ("CONSOLE_AUTHORIZATION_ENDPOINT", "https://issuer.example.com/auth"),
+                           ("CONSOLE_TOKEN_ENDPOINT", "https://issuer.example.com/token")):
+            monkeypatch.setenv(var, value)
     if name == "admin_user_get":  # the sample's user exists once they have used the API
         invoke("credits_get", json.loads((ROOT / "events" / "credits_get.json").read_text()))
     if name.startswith("byok_keys_"):  # the template's KMS key; PATCH/DELETE need a stored key

@@ -31,7 +31,7 @@ from llmcredits.local.template import LOCAL_JWT_AUDIENCE
 
 PATH_PREFIX = "/oidc/"
 AUTHORIZE_PATH = "/oidc/authorize"
-TOKEN_PATH = "/oidc/token"
+TOKEN_PATH = "/oidc/token"  # noqa: S105 - a path, not a secret
 STYLE_PATH = "/oidc/login.css"
 #: The console's client id locally (the template's JwtAudience, as a Cognito app client).
 LOCAL_CLIENT_ID = LOCAL_JWT_AUDIENCE
@@ -58,8 +58,9 @@ PAGE_HEADERS = [
 STYLE = b"""body{font:16px/1.5 system-ui,sans-serif;margin:0;background:#f4f5f7;color:#1b1f24}
 main{max-width:22rem;margin:4rem auto;padding:1.5rem;background:#fff;border-radius:8px;
 box-shadow:0 1px 3px #0002}h1{font-size:1.3rem;margin-top:0}label{display:block;margin:.8rem 0}
-input[type=text]{width:100%;box-sizing:border-box;padding:.5rem;font:inherit;border:1px solid #6b7280;
-border-radius:4px}button{font:inherit;padding:.5rem 1.2rem;background:#1d4ed8;color:#fff;border:0;
+input[type=text]{width:100%;box-sizing:border-box;padding:.5rem;font:inherit;
+border:1px solid #6b7280;border-radius:4px}
+button{font:inherit;padding:.5rem 1.2rem;background:#1d4ed8;color:#fff;border:0;
 border-radius:4px;cursor:pointer}button:focus-visible,input:focus-visible{outline:3px solid #f59e0b}
 .note{color:#4b5563;font-size:.9rem}.error{color:#b91c1c}
 """
@@ -195,7 +196,8 @@ def _page(status: int, params: dict[str, str], error: str = "", form: bool = Tru
     page = (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width,initial-scale=1">'
-        f'<title>Sign in - llmcredits local issuer</title><link rel="stylesheet" href="{STYLE_PATH}">'
+        "<title>Sign in - llmcredits local issuer</title>"
+        f'<link rel="stylesheet" href="{STYLE_PATH}">'
         '</head><body><main><h1>Sign in (local issuer)</h1>'
         '<p class="note">Development issuer of <code>make dev</code>: no password.</p>'
         f"{message}{fields}</main></body></html>"
