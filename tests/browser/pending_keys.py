@@ -95,8 +95,9 @@ def test_create_copy_use_see_usage_rotate_and_revoke_a_key(page: Any, stack: Loc
     page.locator("#new-key-secret").wait_for()
     rotated = page.locator("#new-key-secret").inner_text()
     assert rotated != secret and rotated.startswith("llmc-")
-    with pytest.raises(openai.AuthenticationError):
-        sdk(stack, secret).models.list()
+    with pytest.raises(openai.AuthenticationError):  # chat checks the key on every call
+        sdk(stack, secret).chat.completions.create(
+            model="auto", messages=[{"role": "user", "content": "old secret"}])
 
     revoke = page.get_by_role("button", name=f"Revoke key {PAYLOAD}")
     revoke.click()

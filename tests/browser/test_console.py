@@ -223,6 +223,15 @@ def test_trusted_types_refuse_html_strings(page: Any, stack: LocalStack, watched
     watched.errors[:] = [e for e in watched.errors if "TrustedHTML" not in e]
 
 
+def test_a_callback_with_a_foreign_state_is_refused(page: Any, stack: LocalStack):
+    """A code injected into the callback (login CSRF) is not exchanged: the state this
+    tab stored before redirecting must come back."""
+    page.goto("/console/?code=stolen&state=not-ours#/dashboard")
+    page.get_by_role("alert").filter(has_text="does not match").wait_for()
+    assert page.evaluate("sessionStorage.getItem('llmcredits.token')") is None
+    assert "code=" not in page.url
+
+
 def test_sign_out_forgets_the_token(page: Any, stack: LocalStack):
     sign_in(page, user())
     page.get_by_role("button", name="Sign out").click()
