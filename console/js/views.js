@@ -453,8 +453,9 @@ export async function playground(main) {
     append(suggestions, allowed.map((m) => el("option", { value: m.id })));
     const levels = new Set(allowed.flatMap((m) => m.power_levels || []));
     for (const opt of level.options) opt.disabled = levels.size > 0 && !levels.has(opt.value);
+    // Keep the person's choice if it is allowed; else the first level their tier has.
     const first = Array.from(level.options).find((o) => !o.disabled);
-    if (first) level.value = first.value;
+    if (first && level.selectedOptions[0] && level.selectedOptions[0].disabled) level.value = first.value;
   } catch (err) { meta.append(message(err.message)); }
   form.addEventListener("submit", (ev) => {
     ev.preventDefault();

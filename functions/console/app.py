@@ -32,5 +32,7 @@ site = ConsoleSite(StaticFiles(STATIC_ROOT), _config)
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     # `proxy` is the same in REST (v1) and HTTP (v2) API events; absent for /console/.
     proxy = (event.get("pathParameters") or {}).get("proxy")
-    status, headers, body = site.respond(proxy)
+    path = str(event.get("path") or event.get("rawPath") or "")  # REST v1 | HTTP v2
+    headers_in = {str(k).lower(): str(v) for k, v in (event.get("headers") or {}).items()}
+    status, headers, body = site.respond(proxy, path, headers_in.get("if-none-match", ""))
     return {"statusCode": status, "headers": headers, "body": body, "isBase64Encoded": False}

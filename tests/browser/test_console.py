@@ -104,13 +104,14 @@ def test_byok_key_is_added_masked_toggled_and_deleted(page: Any, stack: LocalSta
 
 def test_playground_streams_a_reply_and_shows_its_exact_cost(page: Any, stack: LocalStack):
     sub = user()
-    with api(stack, sub, admin=True) as admin:
+    with api(stack, sub, admin=True) as admin:  # a paying tier: the reply has a price
+        assert admin.patch(f"/admin/users/{sub}", json={"tier": "starter"}).status_code == 200
         resp = admin.post(f"/admin/users/{sub}/credits",
                           json={"amount": "5", "type": "bonus", "reason": "playground"})
         assert resp.status_code in (200, 201), resp.text
     sign_in(page, sub)
     page.get_by_role("link", name="Playground").click()
-    page.locator("#pg-level").select_option("eco")
+    page.locator("#pg-level").select_option("balanced")
     page.get_by_label("Message").fill("Hello from the browser")
     page.get_by_role("button", name="Send").click()
     page.locator("#pg-cost").wait_for()
@@ -119,6 +120,7 @@ def test_playground_streams_a_reply_and_shows_its_exact_cost(page: Any, stack: L
     with api(stack, sub) as client:
         usage = client.get("/credits/history", params={"type": "usage"}).json()["items"][0]
     assert shown == f"Cost: {usage['cost']} credits"
+    assert re.fullmatch(r"Cost: \d+\.\d{6} credits", shown) and usage["cost"] != "0.000000"
     screenshot(page, "playground")
 
 

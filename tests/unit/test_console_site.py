@@ -117,3 +117,19 @@ def test_plain_http_endpoints_are_refused_except_on_loopback():
 def test_a_same_origin_token_endpoint_adds_no_origin_to_connect_src():
     config = ConsoleConfig("i", "c", "/oidc/authorize", "/oidc/token")
     assert "connect-src 'self';" in content_security_policy(config)
+
+
+def test_the_page_without_its_slash_redirects_relatively():
+    """Relative to /Prod/console this is /Prod/console/: right under any stage prefix."""
+    status, headers, _ = site().respond(None, "/console")
+    assert status == 308 and headers["Location"] == "console/"
+    assert site().respond(None, "/console/")[0] == 200
+    assert site().respond("js/main.js", "/console/js/main.js")[0] == 200
+
+
+def test_files_revalidate_with_an_etag():
+    status, headers, body = site().respond("styles.css")
+    assert status == 200 and body and headers["ETag"].startswith('"')
+    status, again, body = site().respond("styles.css", if_none_match=headers["ETag"])
+    assert status == 304 and body == "" and again["ETag"] == headers["ETag"]
+    assert site().respond("styles.css", if_none_match='"stale"')[0] == 200

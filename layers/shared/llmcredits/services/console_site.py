@@ -13,6 +13,7 @@ on the issuer and the Content-Security-Policy can name the exact token endpoint)
 
 from __future__ import annotations
 
+import hashlib
 import json
 import posixpath
 from collections.abc import Callable, Mapping
@@ -154,6 +155,10 @@ class ConsoleFile:
     content_type: str
     body: str
 
+    @property
+    def etag(self) -> str:
+        return '"' + hashlib.sha256(self.body.encode("utf-8")).hexdigest()[:32] + '"'
+
 
 class StaticFiles:
     """The console's files, read once (a few tens of KB) and served from memory."""
@@ -189,7 +194,16 @@ class ConsoleSite:
         self.files = files
         self._config = config
 
-    def respond(self, proxy: str | None) -> tuple[int, dict[str, str], str]:
+    def respond(
+        self, proxy: str | None, request_path: str = "", if_none_match: str = ""
+    ) -> tuple[int, dict[str, str], str]:
+        """``request_path`` is the path asked for: ``.../console`` without its slash is
+        redirected, since the page's relative URLs (js/, ../api/v1/llm) need it."""
+        if not proxy and request_path and not request_path.endswith("/"):
+            headers = security_headers(None)
+            headers["Location"] = request_path.rsplit("/", 1)[-1] + "/"
+            headers["Content-Type"] = CONTENT_TYPES[".txt"]
+            return 308, headers, "Moved to console/\n"
         try:
             config: ConsoleConfig | None = self._config()
             config_error = None
@@ -211,4 +225,8 @@ class ConsoleSite:
             headers["Content-Type"] = CONTENT_TYPES[".txt"]
             return 404, headers, "Not found\n"
         headers["Content-Type"] = found.content_type
+        # no-cache + ETag: browsers revalidate each load and get a bodiless 304.
+        headers["ETag"] = found.etag
+        if found.etag in [tag.strip() for tag in if_none_match.split(",")]:
+            return 304, headers, ""
         return 200, headers, found.body
