@@ -234,6 +234,14 @@ def test_a_callback_with_a_foreign_state_is_refused(page: Any, stack: LocalStack
     assert "code=" not in page.url
 
 
+def test_a_cancelled_checkout_says_nothing_was_charged(page: Any, stack: LocalStack):
+    sign_in(page, user())
+    page.goto("/console/?checkout=cancel#/buy")
+    page.locator("#notice").filter(has_text="nothing was charged").wait_for()
+    page.get_by_label("Amount (USD)").wait_for()
+    assert "checkout=" not in page.url
+
+
 def test_sign_out_forgets_the_token(page: Any, stack: LocalStack):
     sign_in(page, user())
     page.get_by_role("button", name="Sign out").click()
@@ -267,6 +275,7 @@ def test_keyboard_reaches_sign_in_and_the_login_form(page: Any, stack: LocalStac
     assert page.evaluate("document.activeElement.id") == "sign-in"
     page.keyboard.press("Enter")
     page.get_by_label("User name").wait_for()
+    screenshot(page, "login")
     page.keyboard.type(user())  # the user name field has focus on arrival
     page.keyboard.press("Enter")
     page.locator("#balance").wait_for()

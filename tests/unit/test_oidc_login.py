@@ -128,3 +128,9 @@ def test_bad_authorization_requests_never_redirect(change):
 def test_other_grants_are_refused(authority):
     status, doc = token(authority, grant_type="password", username="a", password="b")
     assert status == 400 and doc["error"] == "unsupported_grant_type"
+
+
+def test_only_its_own_paths_are_claimed():
+    assert oidc_login.handles("/oidc/authorize") and oidc_login.handles("/oidc/token")
+    assert not oidc_login.handles("/oidc/.well-known/openid-configuration")
+    assert not oidc_login.handles("/oidc/jwks.json")

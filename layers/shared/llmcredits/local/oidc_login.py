@@ -8,8 +8,9 @@
   token signed with the dev key the local authorizer accepts (``llmcredits token``'s).
 
 There is no password: this is a development issuer on loopback, for ``make dev`` only.
-Redirect URIs must be loopback http(s) URLs. The local server routes paths under
-:data:`PATH_PREFIX` here (see :func:`respond`).
+Redirect URIs must be loopback http(s) URLs. The local server routes the paths
+:func:`handles` accepts here (see :func:`respond`); an issuer's discovery document
+should list them as ``authorization_endpoint`` and ``token_endpoint``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 from llmcredits.local.template import LOCAL_JWT_AUDIENCE
 
-PATH_PREFIX = "/oidc/"
 AUTHORIZE_PATH = "/oidc/authorize"
 TOKEN_PATH = "/oidc/token"  # noqa: S105 - a path, not a secret
 STYLE_PATH = "/oidc/login.css"
@@ -92,7 +92,9 @@ _codes_lock = threading.Lock()
 
 
 def handles(path: str) -> bool:
-    return path.startswith(PATH_PREFIX)
+    """Only this module's own paths: the issuer's discovery and JWKS (which may live
+    under the same prefix) are served by the issuer, not here."""
+    return path in (AUTHORIZE_PATH, TOKEN_PATH, STYLE_PATH)
 
 
 def respond(
