@@ -64,6 +64,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
             print(f"  {r.method:6} {r.path}  -> {r.function_id} [{auth}]", file=sys.stderr)
         for worker in stack.workers:
             print(f"  worker {worker.name}", file=sys.stderr)
+        print(f"Console: {stack.base_url}/console/ (sign in with any user name)", file=sys.stderr)
         print("Token: llmcredits token --sub USER [--admin]   (Ctrl-C to stop)", file=sys.stderr)
         sys.stderr.flush()
         stack.serve_forever()
