@@ -35,7 +35,10 @@ export function clear(node) {
 export function table(caption, headers, rows) {
   const head = el("tr", {}, headers.map((h) => el("th", { scope: "col", class: h.num ? "num" : null }, h.label)));
   const body = rows.map((cells) =>
-    el("tr", {}, cells.map((cell, i) => el("td", { class: headers[i] && headers[i].num ? "num" : null }, cell ?? ""))));
+    el("tr", {}, cells.map((cell, i) => el("td", {
+      class: headers[i] && headers[i].num ? "num" : null,
+      "data-label": headers[i] ? headers[i].label : "", // shown beside the value on narrow screens
+    }, cell ?? ""))));
   return el("div", { class: "table-wrap" },
     el("table", {}, el("caption", { class: "muted" }, caption), el("thead", {}, head), el("tbody", {}, body)));
 }
