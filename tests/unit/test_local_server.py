@@ -933,3 +933,19 @@ def test_dynamodb_endpoint_mode(
         with httpx.Client(base_url=s.base_url) as c:
             resp = c.get("/api/items/1", headers=_bearer("user", "u"))
             assert resp.json()["env"]["TABLE_NAME"] == table
+
+
+def test_a_trailing_slash_reaches_the_resource_without_it_as_on_a_rest_api() -> None:
+    """/console/ is served by the /console resource; {proxy+} needs a non-empty rest."""
+    from llmcredits.local.template import Route
+
+    def route(path: str) -> Route:
+        return Route("GET", path, path, "functions/x/", "app.lambda_handler", None)
+
+    router = gateway.Router([route("/console"), route("/console/{proxy+}")])
+    for asked, served, params in (("/console", "/console", {}),
+                                  ("/console/", "/console", {}),
+                                  ("/console/js/main.js", "/console/{proxy+}",
+                                   {"proxy": "js/main.js"})):
+        matched = router.match("GET", asked)
+        assert matched is not None and (matched[0].path, matched[1]) == (served, params), asked

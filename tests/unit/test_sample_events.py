@@ -39,7 +39,13 @@ def test_sample_event_exists_and_is_served(upstream, monkeypatch, name):
         with pytest.raises(Exception, match=r"^Unauthorized$"):
             handler(evt, Context())
         return
-    assert evt["httpMethod"] and evt["resource"].startswith("/api/v1/llm/")  # REST v1 proxy
+    assert evt["httpMethod"] and evt["resource"].startswith(("/api/v1/llm/", "/console"))
+    if name == "console":  # its sign-in settings are template parameters
+        for var, value in (("CONSOLE_OIDC_ISSUER", "https://issuer.example.com"),
+                           ("CONSOLE_CLIENT_ID", "console"),
+                           ("CONSOLE_AUTHORIZATION_ENDPOINT", "https://issuer.example.com/auth"),
+                           ("CONSOLE_TOKEN_ENDPOINT", "https://issuer.example.com/token")):
+            monkeypatch.setenv(var, value)
     if name == "admin_user_get":  # the sample's user exists once they have used the API
         invoke("credits_get", json.loads((ROOT / "events" / "credits_get.json").read_text()))
     if name.startswith("byok_keys_"):  # the template's KMS key; PATCH/DELETE need a stored key

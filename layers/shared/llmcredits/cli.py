@@ -116,6 +116,7 @@ def _print_banner(stack: Any, stack_file: Path) -> None:
     if stack.dev_stripe is not None:
         lines.append(f"  dev Stripe (stand-in; pay at checkout_url): {stack.dev_stripe.url}")
     lines.append(f"  OIDC issuer: {stack.local_url}/.well-known/openid-configuration")
+    lines.append(f"Console: {stack.base_url}/console/ (sign in with any user name)")
     if embedded is not None and embedded.endpoint_url:
         lines.append(f"  store endpoint for llmcredits admin / aws --endpoint-url: "
                      f"{embedded.endpoint_url} (in {stack_file})")

@@ -38,7 +38,7 @@ P, K, J, A = Audience.PUBLIC, Audience.KEY_OR_JWT, Audience.JWT, Audience.ADMIN
 
 #: DESIGN section 2. Routes built on other branches are listed too, so the policy a
 #: cached credential carries is right when they land.
-ROUTES: tuple[RouteAccess, ...] = _routes(
+ROUTES: tuple[RouteAccess, ...] = (*_routes(
     ("GET", "/health", P),
     ("GET", "/openapi.json", P),
     ("POST", "/stripe/webhook", P),
@@ -69,6 +69,10 @@ ROUTES: tuple[RouteAccess, ...] = _routes(
     ("GET", "/admin/users/{user_id}", A),
     ("POST", "/admin/users/{user_id}/credits", A),
     ("PATCH", "/admin/users/{user_id}", A),
+),
+    # The console's static files (a web page beside the API, not under its prefix).
+    RouteAccess("GET", "/console", P),
+    RouteAccess("GET", "/console/{proxy+}", P),
 )
 
 

@@ -64,6 +64,8 @@ class CompiledRoute:
         parts = path.split("/")
         params: dict[str, str] = {}
         segs = self.segments
+        if not self.greedy and len(parts) == len(segs) + 1 and parts[-1] == "":
+            parts.pop()  # REST APIs route /a/b/ to the /a/b resource
         if len(parts) < len(segs) if self.greedy else len(parts) != len(segs):
             return None
         for i, seg in enumerate(segs):

@@ -193,6 +193,8 @@ EXTRA_PATHS: dict[tuple[str, str], IssuerHandler] = {}
 #: Discovery fields the login module adds (authorization_endpoint, token_endpoint, ...):
 #: path values, made absolute against the stack's base URL.
 DISCOVERY_ENDPOINTS: dict[str, str] = {}
+#: Other discovery fields the login module adds as they are (code_challenge_methods_supported).
+DISCOVERY_VALUES: dict[str, Any] = {}
 
 
 def register_path(method: str, path: str, handler: IssuerHandler,
@@ -204,6 +206,11 @@ def register_path(method: str, path: str, handler: IssuerHandler,
         DISCOVERY_ENDPOINTS[discovery_field] = path
 
 
+def register_discovery_value(name: str, value: Any) -> None:
+    """Name ``value`` in the discovery document as ``name`` (what a login module supports)."""
+    DISCOVERY_VALUES[name] = value
+
+
 def discovery_document(authority: JwtAuthority, base_url: str) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "issuer": authority.issuer,
@@ -213,6 +220,7 @@ def discovery_document(authority: JwtAuthority, base_url: str) -> dict[str, Any]
         "response_types_supported": ["code"],
         "scopes_supported": ["openid", ADMIN_SCOPE],
     }
+    doc.update(DISCOVERY_VALUES)
     for name, path in DISCOVERY_ENDPOINTS.items():
         doc[name] = base_url + path
     return doc

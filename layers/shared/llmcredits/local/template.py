@@ -26,6 +26,9 @@ LOCAL_JWT_AUDIENCE = "llmcredits"
 LOCAL_PARAMETER_VALUES: dict[str, str] = {
     "JwtIssuer": LOCAL_JWT_ISSUER,
     "JwtAudience": LOCAL_JWT_AUDIENCE,
+    # The console signs in at the local issuer's login page (local/oidc_login.py).
+    "ConsoleAuthorizationEndpoint": "/oidc/authorize",
+    "ConsoleTokenEndpoint": "/oidc/token",
 }
 LOCAL_STACK_NAME = "llmcredits-local"
 LOCAL_ACCOUNT_ID = "123456789012"
