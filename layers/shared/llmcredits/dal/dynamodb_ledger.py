@@ -20,6 +20,7 @@ from typing import Any
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
+from llmcredits.domain.api_keys import KeyWrite
 from llmcredits.domain.ledger import (
     Account,
     EntryType,
@@ -121,6 +122,7 @@ def hold_to_item(hold: Hold) -> dict[str, Any]:
             "created_at": hold.created_at,
             "request_id": hold.request_id,
             "model": hold.model,
+            "key_id": hold.key_id or None,
             "hold_shard": f"HOLDS#{shard}",
             "hold_created_at": hold.created_at,
         }
@@ -136,6 +138,7 @@ def hold_from_item(item: dict[str, Any]) -> Hold:
         created_at=data["created_at"],
         request_id=data.get("request_id", ""),
         model=data.get("model", ""),
+        key_id=data.get("key_id", ""),
     )
 
 
@@ -155,6 +158,7 @@ def entry_to_item(entry: LedgerEntry) -> dict[str, Any]:
             "model": entry.model,
             "tokens": entry.tokens,
             "cost": entry.cost,
+            "key_id": entry.key_id,
             "metadata": json.dumps(entry.metadata, sort_keys=True, default=str),
         }
     )
@@ -175,6 +179,7 @@ def entry_from_item(item: dict[str, Any]) -> LedgerEntry:
         tokens=None if tokens is None else int(tokens),
         cost=data.get("cost"),
         metadata=json.loads(data.get("metadata") or "{}"),
+        key_id=data.get("key_id"),
     )
 
 
@@ -312,8 +317,15 @@ class DynamoLedgerStore:
         hold_put: Hold | None = None,
         hold_delete: Hold | None = None,
         records: Sequence[RecordWrite] = (),
+        key_write: KeyWrite | None = None,
     ) -> None:
         items: list[dict[str, Any]] = [{"Update": self._mutation_update(user_id, mutation, now)}]
+        if key_write is not None:
+            # The API key's budget and state, in the same transaction (issue 11); a failed
+            # guard there is a StaleRead like the account's: the service re-reads and re-plans.
+            from llmcredits.dal.dynamodb_api_keys import key_write_update
+
+            items.append({"Update": key_write_update(self._table, key_write)})
         record_at = {len(items) + i: record for i, record in enumerate(records)}
         items.extend({"Put": self._record_put(record)} for record in records)
         if hold_put is not None:
@@ -545,7 +557,8 @@ class DynamoLedgerStore:
     # -- history ----------------------------------------------------------------------
 
     def list_entries(
-        self, user_id: str, limit: int, after_key: str | None, entry_type: str | None
+        self, user_id: str, limit: int, after_key: str | None, entry_type: str | None,
+        key_id: str | None = None,
     ) -> EntryPage:
         """Newest first; with a type filter, keeps reading pages until ``limit`` match."""
         entries: list[LedgerEntry] = []
@@ -561,10 +574,16 @@ class DynamoLedgerStore:
                 "ConsistentRead": True,
                 "Limit": limit - len(entries),
             }
+            filters = []
             if entry_type:
-                kwargs["FilterExpression"] = "#type = :type"
+                filters.append("#type = :type")
                 kwargs["ExpressionAttributeNames"] = {"#type": "type"}
                 kwargs["ExpressionAttributeValues"][":type"] = {"S": entry_type}
+            if key_id:
+                filters.append("key_id = :key")
+                kwargs["ExpressionAttributeValues"][":key"] = {"S": key_id}
+            if filters:
+                kwargs["FilterExpression"] = " AND ".join(filters)
             if start:
                 kwargs["ExclusiveStartKey"] = to_item({"PK": user_pk(user_id), "SK": start})
             resp = self._client.query(**kwargs)

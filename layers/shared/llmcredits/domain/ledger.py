@@ -250,6 +250,7 @@ class Hold:
     created_at: str
     request_id: str = ""
     model: str = ""
+    key_id: str = ""  # the API key that made the request, if any (its budget holds it too)
 
 
 def plan_reserve(account: Account, amount: Decimal, rate: RateGuard | None) -> Mutation:
@@ -307,6 +308,7 @@ class LedgerEntry:
     tokens: int | None = None
     cost: Decimal | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    key_id: str | None = None  # usage made with an API key
 
 
 @dataclass(frozen=True)

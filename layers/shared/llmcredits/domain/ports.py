@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Protocol
 
+from llmcredits.domain.api_keys import KeyWrite
 from llmcredits.domain.ledger import (
     Account,
     Hold,
@@ -76,11 +77,13 @@ class LedgerStore(Protocol):
         hold_put: Hold | None = None,
         hold_delete: Hold | None = None,
         records: Sequence[RecordWrite] = (),
+        key_write: KeyWrite | None = None,
     ) -> None:
         """Apply ``mutation`` and write ``entry`` and the idempotency record atomically.
 
         ``hold_put`` opens a hold, ``hold_delete`` closes one (fails with HoldGone if closed).
         ``records`` are written too (RecordConflict when one's condition fails).
+        ``key_write`` updates the API key's budget in the same transaction (StaleRead).
         Raises StaleRead when a guard fails and IdempotentReplay when the key was used.
         """
         ...
@@ -105,6 +108,7 @@ class LedgerStore(Protocol):
     def holds_created_before(self, cutoff: str) -> list[Hold]: ...
 
     def list_entries(
-        self, user_id: str, limit: int, after_key: str | None, entry_type: str | None
+        self, user_id: str, limit: int, after_key: str | None, entry_type: str | None,
+        key_id: str | None = None,
     ) -> EntryPage: ...
 

@@ -13,6 +13,7 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 from llmcredits import jsonexact
+from llmcredits.domain.api_keys import ApiKey, KeyCredential, check_power_level
 from llmcredits.domain.byok import may_have_key, redact
 from llmcredits.domain.pricing import Catalog, Route, prompt_token_bound
 from llmcredits.errors import ApiError, UpstreamError
@@ -80,11 +81,18 @@ class ChatService:
         *,
         power_level_header: str | None,
         request_id: str,
+        key: KeyCredential | None = None,
     ) -> ChatResult:
         account = self._ledger.account(user_id)
         tier = account.tier.value
         power_level = request.power_level or power_level_header
+        # An API key: refused here (401) if unusable; its allowed levels bound the route.
+        key_record = self._ledger.api_key(user_id, key) if key is not None else None
+        if key_record is not None and power_level is None and request.model == "auto":
+            power_level = key_default_level(key_record, self._catalog, tier)
         route = self._catalog.resolve(request.model, power_level, tier)
+        if key_record is not None:
+            check_power_level(key_record, route.power_level)  # 403
         max_tokens = self._catalog.clip_max_tokens(request.requested_max_tokens(), route)
         # The account's flags say whether an enabled BYOK key exists for the provider
         # (written with the key): accounts without one pay no extra read.
@@ -105,6 +113,8 @@ class ChatService:
             rate_limit=self._catalog.rate_limit(tier),
             request_id=request_id,
             model=route.model,
+            key=key,
+            api_key=key_record,
         )
 
         payload = request.passthrough()
@@ -197,6 +207,19 @@ class ChatService:
             }) + "\n\n")
         lines.append("data: [DONE]\n\n")
         return "".join(lines)
+
+
+def key_default_level(key: ApiKey, catalog: Catalog, tier: str) -> str | None:
+    """For ``model: auto`` without a level: the tier's default if the key allows it, else
+    the highest level both the key and the tier allow (None: let routing refuse)."""
+    if key.power_levels is None:
+        return None
+    default = catalog.default_level_for(tier)
+    if default in key.power_levels:
+        return default
+    allowed = [lv for lv in catalog.power_levels
+               if lv in key.power_levels and lv in catalog.tier(tier).power_levels]
+    return allowed[-1] if allowed else None
 
 
 def without_secret(exc: Exception, secret: str) -> Exception:

@@ -17,8 +17,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
+from llmcredits.domain.api_keys import (
+    ApiKey,
+    KeyCredential,
+    KeyWrite,
+    check_usable,
+    plan_key_release,
+    plan_key_reserve,
+    plan_key_settle,
+)
 from llmcredits.domain.ledger import (
     Account,
     EntryType,
@@ -82,16 +91,24 @@ class HistoryPage:
     next_cursor: str | None
 
 
+class KeyReader(Protocol):
+    """The current record of an API key (moved into its current budget period)."""
+
+    def current(self, user_id: str, key_id: str) -> ApiKey | None: ...
+
+
 class LedgerService:
     def __init__(
         self,
         store: LedgerStore,
         clock: Callable[[], datetime] = utcnow,
         sleep: Callable[[float], None] = time.sleep,
+        keys: KeyReader | None = None,
     ) -> None:
         self._store = store
         self._clock = clock
         self._sleep = sleep
+        self._keys = keys
 
     # -- accounts ---------------------------------------------------------------------
 
@@ -361,13 +378,23 @@ class LedgerService:
         rate_limit: int | None,
         request_id: str = "",
         model: str = "",
+        key: KeyCredential | None = None,
+        api_key: ApiKey | None = None,
     ) -> Hold:
         """Reserve ``amount`` with one conditional write that also enforces the monthly
-        cap and the per-minute rate limit. Raises 402/429; writes nothing then."""
+        cap and the per-minute rate limit. Raises 402/429; writes nothing then.
+
+        With ``key`` the same transaction checks the API key (usable, its limit, its rate
+        limit) and holds ``amount`` on its budget too; ``api_key`` is a recent read of it."""
         for attempt in range(MAX_ATTEMPTS):
             now = self._clock()
             rate = None if rate_limit is None else rate_guard(account, now, rate_limit)
             mutation = plan_reserve(account, amount, rate)  # raises the 402s
+            key_write = None
+            if key is not None:
+                api_key = api_key or self.api_key(account.user_id, key)
+                key_write = plan_key_reserve(api_key, key.secret_hash, amount, now,
+                                             timestamp(now), rate_limit)  # 401/402/429
             hold = Hold(
                 id=uuid.uuid4().hex,
                 user_id=account.user_id,
@@ -375,16 +402,38 @@ class LedgerService:
                 created_at=timestamp(now),
                 request_id=request_id,
                 model=model,
+                key_id=key.key_id if key is not None else "",
             )
             try:
                 self._store.commit(
-                    account.user_id, mutation, None, timestamp(now), hold_put=hold
+                    account.user_id, mutation, None, timestamp(now), hold_put=hold,
+                    key_write=key_write,
                 )
                 return hold
             except StaleRead:
                 self._backoff(attempt)
                 account = self.account(account.user_id)
+                api_key = None
         raise ContentionTimeout("The account is busy; retry the request.")
+
+    def api_key(self, user_id: str, key: KeyCredential) -> ApiKey:
+        """The key a request came with, if it may be used now (else 401)."""
+        if self._keys is None:
+            raise RuntimeError("this ledger service has no API key reader")
+        return check_usable(self._keys.current(user_id, key.key_id), key.secret_hash,
+                            self._clock())
+
+    def _key_write(self, hold: Hold, cost: Decimal) -> KeyWrite | None:
+        """The key's part of a settle (or, with cost 0, a release) of ``hold``."""
+        if not hold.key_id:
+            return None
+        if self._keys is None:
+            raise RuntimeError("this ledger service has no API key reader")
+        api_key = self._keys.current(hold.user_id, hold.key_id)
+        if api_key is None:  # key items are never deleted (revoking keeps them)
+            raise RuntimeError(f"API key {hold.key_id} of hold {hold.id} is missing")
+        return plan_key_settle(api_key, hold.amount, cost) if cost else plan_key_release(
+            api_key, hold.amount)
 
     def settle(
         self,
@@ -414,10 +463,12 @@ class LedgerService:
                 tokens=tokens,
                 cost=cost,
                 metadata={**metadata, "hold_id": hold.id, "hold": format_money(hold.amount)},
+                key_id=hold.key_id or None,
             )
             try:
                 self._store.commit(
-                    account.user_id, mutation, entry, timestamp(now), hold_delete=hold
+                    account.user_id, mutation, entry, timestamp(now), hold_delete=hold,
+                    key_write=self._key_write(hold, cost),
                 )
                 return entry
             except StaleRead:
@@ -436,6 +487,7 @@ class LedgerService:
                     None,
                     timestamp(self._clock()),
                     hold_delete=hold,
+                    key_write=self._key_write(hold, ZERO),
                 )
                 return True
             except HoldGone:
@@ -453,13 +505,14 @@ class LedgerService:
     # -- history ----------------------------------------------------------------------
 
     def history(
-        self, user_id: str, limit: int, cursor: str | None, entry_type: EntryType | None
+        self, user_id: str, limit: int, cursor: str | None, entry_type: EntryType | None,
+        key_id: str | None = None,
     ) -> HistoryPage:
         if not 1 <= limit <= HISTORY_MAX_LIMIT:
             raise InvalidRequest(f"limit must be 1..{HISTORY_MAX_LIMIT}", param="limit")
         after = decode_cursor(cursor, user_id) if cursor else None
         page = self._store.list_entries(
-            user_id, limit, after, entry_type.value if entry_type else None
+            user_id, limit, after, entry_type.value if entry_type else None, key_id
         )
         next_cursor = encode_cursor(user_id, page.last_key) if page.last_key else None
         return HistoryPage(page.entries, next_cursor)
