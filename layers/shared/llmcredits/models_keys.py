@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
+from llmcredits.domain.api_keys import LimitReset
 from llmcredits.models import MoneyOut, NonNegativeMoney
 from llmcredits.services.api_keys import UNSET, KeySettings
 
@@ -41,6 +42,8 @@ class _KeyFields(BaseModel):
             given[name] = value
         if "name" in given and given["name"] is None:
             given["name"] = UNSET
+        if given.get("limit_reset") is not None:
+            given["limit_reset"] = LimitReset(given["limit_reset"])
         return KeySettings(**given)
 
 
