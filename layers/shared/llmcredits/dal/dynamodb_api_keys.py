@@ -154,13 +154,14 @@ def _lookup_item(key: ApiKey, hash_: str, grace_until: datetime | None) -> dict[
 
 def key_write_update(table: str, write: KeyWrite) -> dict[str, Any]:
     """The ledger transaction's item for a key (reserve, settle or release)."""
-    names = {"#period": "period", "#held": "held", "#usage": "usage"}
+    names = {"#period": "period", "#held": "held"}
     values: dict[str, Any] = {":p": write.period}
     conditions = ["#period = :p"]
     sets = ["#held = #held + :hd"]
     values[":hd"] = write.held_delta
     if write.spend_delta:
         sets += ["period_spent = period_spent + :sd", "#usage = #usage + :sd"]
+        names["#usage"] = "usage"
         values[":sd"] = write.spend_delta
     if write.limited:
         conditions.append("attribute_exists(headroom)")
@@ -260,7 +261,8 @@ class DynamoApiKeyStore:
                 "TableName": self._table,
                 "Key": to_item({"PK": user_pk(key.user_id), "SK": COUNTER_SK}),
                 "UpdateExpression": "SET active_keys = if_not_exists(active_keys, :zero) + :one,"
-                                    " kind = :kind",
+                                    " #kind = :kind",
+                "ExpressionAttributeNames": {"#kind": "kind"},
                 "ConditionExpression": "attribute_not_exists(active_keys) OR active_keys < :max",
                 "ExpressionAttributeValues": to_item(
                     {":zero": 0, ":one": 1, ":max": max_keys, ":kind": "api_key_count"}
