@@ -14,6 +14,7 @@ import pytest
 from llmcredits import bootstrap
 from llmcredits.dal.dynamodb_api_keys import DynamoApiKeyStore
 from llmcredits.dal.dynamodb_ledger import DynamoLedgerStore
+from llmcredits.dal.upstream import LiteLLMUpstream
 from llmcredits.domain.api_keys import (
     SECRET_PREFIX,
     KeyCredential,
@@ -28,7 +29,6 @@ from llmcredits.domain.ledger import EntryType, Tier
 from llmcredits.domain.pricing import catalog
 from llmcredits.errors import KeyLimitReached, Unauthorized
 from llmcredits.local.dev_upstream import DevUpstream
-from llmcredits.dal.upstream import LiteLLMUpstream
 from llmcredits.models_chat import ChatCompletionRequest
 from llmcredits.services.api_keys import ApiKeysService, KeyBudgets, KeySettings
 from llmcredits.services.chat import ChatService
@@ -345,7 +345,7 @@ def test_expired_and_rotated_out_keys_are_refused_by_reserve_and_authenticator(a
 
 
 def test_authenticator_refuses_unknown_disabled_and_revoked_secrets(aws):
-    ledger, svc, _ = services()
+    _, svc, _ = services()
     secret, key = svc.create("aut", KeySettings(power_levels=["eco"]))
     principal = svc.authenticate(secret)
     assert principal is not None
@@ -420,7 +420,7 @@ def test_the_secret_never_reaches_the_table_logs_or_later_responses(upstream, ca
     setup_user("sec")
     created = create_key("sec", limit="5")
     secret, key_id = created["key"], created["id"]
-    status, _, rotated = invoke("keys_rotate_post", event(
+    _, _, rotated = invoke("keys_rotate_post", event(
         "POST", f"{P}/keys/{key_id}/rotate", body={"grace_seconds": 60}, sub="sec",
         path_params={"id": key_id}))
     new = rotated["key"]
