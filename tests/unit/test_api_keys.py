@@ -448,3 +448,27 @@ def test_the_secret_never_reaches_the_table_logs_or_later_responses(upstream, ca
     for part in hidden:
         assert part not in scan and part not in logs and part not in responses
     assert secret_hash(new) in scan  # what the table holds instead
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_cli_keys_create_prints_the_secret_once_and_the_key_works(aws, capsys):
+    from llmcredits.cli import main as cli
+
+    capsys.readouterr()
+    code = cli(["keys", "create", "--sub", "cli-user", "--limit", "5.00", "--limit-reset",
+                "daily", "--power-level", "eco", "--table", TABLE])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    secret = out.out.strip()
+    assert looks_like_secret(secret) and secret not in out.err
+    record = json.loads(out.err)
+    assert record["limit"] == "5.000000" and record["power_levels"] == ["eco"]
+    _, svc, _ = services()
+    principal = svc.authenticate(secret)
+    assert principal is not None and principal.user_id == "cli-user"
+    assert principal.key_id == record["id"]
+    capsys.readouterr()
+    assert cli(["keys", "create", "--sub", "cli-user", "--limit", "-1", "--table", TABLE]) != 0
+    assert "Traceback" not in capsys.readouterr().err

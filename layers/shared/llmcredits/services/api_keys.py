@@ -222,6 +222,8 @@ class ApiKeysService:
     # -- helpers ----------------------------------------------------------------------
 
     def _check(self, settings: KeySettings, account: Account, now: datetime) -> None:
+        if settings.limit not in (UNSET, None) and settings.limit < 0:
+            raise InvalidRequest("limit must not be negative.", param="limit")
         expires = settings.expires_at
         if expires not in (UNSET, None) and expires <= now:
             raise InvalidRequest("expires_at must be in the future.", param="expires_at")
