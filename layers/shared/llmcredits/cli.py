@@ -416,8 +416,8 @@ def _add_keys_commands(sub: Any) -> None:
     create.add_argument("--limit", help="spend limit in credits, e.g. 5.00")
     create.add_argument("--limit-reset", choices=["daily", "weekly", "monthly", "never"],
                         help="when the limit's spend restarts (UTC; default never)")
-    create.add_argument("--expires-at", type=_aware_instant, help="ISO 8601 instant with a zone, e.g. "
-                                             "2027-01-01T00:00:00Z")
+    create.add_argument("--expires-at", type=_aware_instant,
+                        help="ISO 8601 instant with a zone, e.g. 2027-01-01T00:00:00Z")
     create.add_argument("--power-level", action="append",
                         help="an allowed power level (repeat for more; default all)")
     create.add_argument("--rate-limit-per-minute", type=int, help="at most the tier's")
