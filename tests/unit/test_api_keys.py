@@ -304,6 +304,39 @@ def test_a_key_rate_limit_binds_in_the_reserve(upstream):
     assert statuses[:2] == [200, 200] and statuses[2] == 429
 
 
+def test_get_usage_breaks_down_by_key_and_reconciles(upstream):
+    from llmcredits.openapi_doc import import_handler
+    from llmcredits.services.reconcile import reconcile_all
+
+    from tests.support import FUNCTIONS, Context, usage_stream_records
+
+    setup_user("use")
+    one, two = create_key("use"), create_key("use")
+    for key, times in ((one, 2), (two, 1)):
+        for _ in range(times):
+            assert chat_with_key("use", key["key"], key["id"])[0] == 200
+    status, _, _ = invoke("chat_completions", event(
+        "POST", f"{P}/chat/completions", sub="use",
+        body={"model": BALANCED, "messages": HELLO, "max_tokens": 50}))
+    assert status == 200
+    client = boto3.client("dynamodb")
+    records = usage_stream_records(client, TABLE, boto3.client("dynamodbstreams"))
+    aggregator = import_handler(FUNCTIONS / "usage_aggregator" / "app.py")
+    assert aggregator.lambda_handler({"Records": records}, Context()) == {"batchItemFailures": []}
+    status, _, body = invoke("usage_get", event("GET", f"{P}/usage", sub="use"))
+    assert status == 200, body
+    by_key = {k["key_id"]: k for k in body["by_key"]}
+    assert set(by_key) == {one["id"], two["id"], None}
+    assert (by_key[one["id"]]["requests"], by_key[two["id"]]["requests"],
+            by_key[None]["requests"]) == (2, 1, 1)
+    status, _, own = key_call("key_get", "GET", f"{P}/key", "use", one["key"], one["id"])
+    assert by_key[one["id"]]["cost"] == own["data"]["usage"]
+    assert sum(Decimal(k["cost"]) for k in body["by_key"]) == Decimal(body["totals"]["cost"])
+    report = reconcile_all(DynamoLedgerStore(client, TABLE), bootstrap.usage_store(),
+                           user_id="use")
+    assert report.ok, report.discrepancies
+
+
 # --------------------------------------------------------------------------- time: expiry, grace
 
 
