@@ -505,3 +505,11 @@ def test_cli_keys_create_prints_the_secret_once_and_the_key_works(aws, capsys):
     capsys.readouterr()
     assert cli(["keys", "create", "--sub", "cli-user", "--limit", "-1", "--table", TABLE]) != 0
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_an_api_key_secret_in_free_text_is_scrubbed_from_log_lines():
+    from llmcredits.http.log_scrub import scrub_text
+
+    secret = new_secret()
+    line = scrub_text(f"client sent {secret}, header x={json.dumps(secret)}")
+    assert secret not in line and secret[5:] not in line and "[REDACTED]" in line
