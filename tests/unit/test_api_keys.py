@@ -513,3 +513,21 @@ def test_an_api_key_secret_in_free_text_is_scrubbed_from_log_lines():
     secret = new_secret()
     line = scrub_text(f"client sent {secret}, header x={json.dumps(secret)}")
     assert secret not in line and secret[5:] not in line and "[REDACTED]" in line
+
+
+def test_a_change_planned_before_a_rotation_cannot_revive_the_old_secret(aws):
+    from dataclasses import replace
+
+    from llmcredits.dal.dynamodb_api_keys import KeyChanged
+
+    _, svc, keys = services()
+    old, key = svc.create("rot", KeySettings())
+    before = keys.get_key("rot", key.id)
+    assert before is not None
+    svc.rotate("rot", key.id, grace_seconds=0)
+    assert svc.authenticate(old) is None
+    with pytest.raises(KeyChanged):
+        keys.update_settings(before, replace(before, name="stale"))
+    assert svc.authenticate(old) is None
+    assert svc.update("rot", key.id, KeySettings(name="fresh")).name == "fresh"
+    assert svc.authenticate(old) is None

@@ -283,7 +283,7 @@ class DynamoApiKeyStore:
         lookup items of its live secrets, together."""
         values: dict[str, Any] = {
             ":p": before.period, ":ps": before.period_spent, ":h": before.held,
-            ":active": STATUS_ACTIVE,
+            ":active": STATUS_ACTIVE, ":sh": before.secret_hash,
             ":name": after.name, ":reset": after.limit_reset.value, ":np": after.period,
             ":nps": after.period_spent, ":enabled": after.enabled, ":now": after.updated_at,
         }
@@ -307,8 +307,10 @@ class DynamoApiKeyStore:
             "TableName": self._table,
             "Key": to_item({"PK": user_pk(before.user_id), "SK": key_sk(before.id)}),
             "UpdateExpression": update,
+            # secret_hash too: a PATCH planned before a rotation must not re-create the
+            # old secret's lookup item.
             "ConditionExpression": "#period = :p AND period_spent = :ps AND #held = :h "
-                                   "AND key_status = :active",
+                                   "AND key_status = :active AND secret_hash = :sh",
             "ExpressionAttributeNames": {"#name": "name", "#period": "period", "#held": "held"},
             "ExpressionAttributeValues": to_item(values),
         }}]
