@@ -421,6 +421,7 @@ class LedgerService:
         request_id: str = "",
         model: str = "",
         extra: Callable[[Account], Sequence[GuardedWrite]] | Sequence[GuardedWrite] = (),
+        key_id: str = "",
     ) -> Hold:
         """Reserve ``amount`` with one conditional write that also enforces the monthly
         cap and the per-minute rate limit. Raises 402/429; writes nothing then.
@@ -440,6 +441,7 @@ class LedgerService:
                 created_at=timestamp(now),
                 request_id=request_id,
                 model=model,
+                key_id=key_id,
             )
             try:
                 self._store.commit(
@@ -625,13 +627,14 @@ class LedgerService:
     # -- history ----------------------------------------------------------------------
 
     def history(
-        self, user_id: str, limit: int, cursor: str | None, entry_type: EntryType | None
+        self, user_id: str, limit: int, cursor: str | None, entry_type: EntryType | None,
+        key_id: str | None = None,
     ) -> HistoryPage:
         if not 1 <= limit <= HISTORY_MAX_LIMIT:
             raise InvalidRequest(f"limit must be 1..{HISTORY_MAX_LIMIT}", param="limit")
         after = decode_cursor(cursor, user_id) if cursor else None
         page = self._store.list_entries(
-            user_id, limit, after, entry_type.value if entry_type else None
+            user_id, limit, after, entry_type.value if entry_type else None, key_id
         )
         next_cursor = encode_cursor(user_id, page.last_key) if page.last_key else None
         return HistoryPage(page.entries, next_cursor)
