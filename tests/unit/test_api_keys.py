@@ -25,12 +25,13 @@ from llmcredits.domain.api_keys import (
     period_of,
     secret_hash,
 )
-from llmcredits.domain.ledger import EntryType, Tier
+from llmcredits.domain.ledger import Account, EntryType, Hold, Tier
 from llmcredits.domain.pricing import catalog
+from llmcredits.domain.principal import KeyPrincipal
 from llmcredits.errors import KeyLimitReached, Unauthorized
 from llmcredits.local.dev_upstream import DevUpstream
 from llmcredits.models_chat import ChatCompletionRequest
-from llmcredits.services.api_keys import ApiKeysService, KeyBudgets, KeySettings
+from llmcredits.services.api_keys import ApiKeysService, KeyExtras, KeySettings
 from llmcredits.services.chat import ChatService
 from llmcredits.services.ledger import LedgerService
 
@@ -91,12 +92,23 @@ def services(clock: Clock | None = None):
     client = boto3.client("dynamodb")
     keys = DynamoApiKeyStore(client, TABLE)
     tick = clock or (lambda: datetime.now(UTC))
-    ledger = LedgerService(DynamoLedgerStore(client, TABLE), clock=tick,
-                           keys=KeyBudgets(keys, tick))
+    ledger = LedgerService(DynamoLedgerStore(client, TABLE), clock=tick)
     svc = ApiKeysService(keys, ensure_account=ledger.account,
                          tier_rate_limit=catalog().rate_limit,
                          power_levels=list(catalog().power_levels), clock=tick)
     return ledger, svc, keys
+
+
+def accepted(principal: KeyPrincipal | None) -> bool:
+    return principal is not None and principal.allowed
+
+
+def key_reserve(ledger: LedgerService, extras: KeyExtras, user: str, amount: Decimal,
+                account: Account | None = None) -> Hold:
+    """A reserve with the key's guard on the ledger's GuardedWrite hook (as chat does)."""
+    return ledger.reserve(account or ledger.account(user), amount, rate_limit=None,
+                          extra=lambda fresh: extras.on_reserve(fresh, amount),
+                          key_id=extras.key_id)
 
 
 # --------------------------------------------------------------------------- domain
@@ -352,16 +364,17 @@ def test_expired_and_rotated_out_keys_are_refused_by_reserve_and_authenticator(a
         def send(secret: str, key_id: str) -> None:
             request = ChatCompletionRequest.model_validate(
                 {"model": BALANCED, "messages": HELLO, "max_tokens": 20})
+            extras = svc.chat_extras("tim", KeyCredential(key_id, secret_hash(secret)))
             chat.complete("tim", request, power_level_header=None, request_id="r",
-                          key=KeyCredential(key_id, secret_hash(secret)))
+                          extras=extras, key=extras.key)
 
         secret, key = svc.create("tim", KeySettings(expires_at=clock.now + timedelta(hours=1)))
         send(secret, key.id)
-        assert svc.authenticate(secret) is not None
+        assert accepted(svc.authenticate(secret))
         clock.now += timedelta(hours=1)
         with pytest.raises(Unauthorized, match="expired"):
             send(secret, key.id)
-        assert svc.authenticate(secret) is None
+        assert not accepted(svc.authenticate(secret))
 
         old, key = svc.create("tim", KeySettings())
         new, _ = svc.rotate("tim", key.id, grace_seconds=600)
@@ -372,9 +385,9 @@ def test_expired_and_rotated_out_keys_are_refused_by_reserve_and_authenticator(a
         clock.now += timedelta(seconds=601)
         with pytest.raises(Unauthorized, match="rotated"):
             send(old, key.id)
-        assert svc.authenticate(old) is None
+        assert not accepted(svc.authenticate(old))
         send(new, key.id)
-        assert svc.authenticate(new) is not None
+        assert accepted(svc.authenticate(new))
 
 
 def test_authenticator_refuses_unknown_disabled_and_revoked_secrets(aws):
@@ -382,16 +395,15 @@ def test_authenticator_refuses_unknown_disabled_and_revoked_secrets(aws):
     secret, key = svc.create("aut", KeySettings(power_levels=["eco"]))
     principal = svc.authenticate(secret)
     assert principal is not None
-    assert (principal.user_id, principal.key_id, principal.allowed) == \
-        ("aut", key.id, frozenset({"eco"}))
+    assert (principal.user_id, principal.key_id, principal.allowed) == ("aut", key.id, True)
     assert svc.authenticate(new_secret()) is None
     assert svc.authenticate("not-a-key") is None
     svc.update("aut", key.id, KeySettings(enabled=False))
-    assert svc.authenticate(secret) is None
+    assert not accepted(svc.authenticate(secret))
     svc.update("aut", key.id, KeySettings(enabled=True))
-    assert svc.authenticate(secret) is not None
+    assert accepted(svc.authenticate(secret))
     svc.revoke("aut", key.id)
-    assert svc.authenticate(secret) is None
+    assert not accepted(svc.authenticate(secret))
 
 
 def test_a_daily_limit_restarts_the_next_utc_day(aws):
@@ -401,13 +413,14 @@ def test_a_daily_limit_restarts_the_next_utc_day(aws):
     secret, key = svc.create("day", KeySettings(limit=Decimal("1.5"),
                                                 limit_reset=LimitReset.DAILY))
     cred = KeyCredential(key.id, secret_hash(secret))
-    hold = ledger.reserve(ledger.account("day"), Decimal(1), rate_limit=None, key=cred)
+    extras = svc.chat_extras("day", cred)
+    hold = key_reserve(ledger, extras, "day", Decimal(1))
     ledger.settle(ledger.account("day"), hold, Decimal(1), provider="p", model="m", tokens=1,
-                  metadata={})
+                  metadata={}, extra=extras.on_settle(hold, Decimal(1)))
     with pytest.raises(KeyLimitReached):
-        ledger.reserve(ledger.account("day"), Decimal(1), rate_limit=None, key=cred)
+        key_reserve(ledger, svc.chat_extras("day", cred), "day", Decimal(1))
     clock.now += timedelta(days=1)
-    ledger.reserve(ledger.account("day"), Decimal(1), rate_limit=None, key=cred)
+    key_reserve(ledger, svc.chat_extras("day", cred), "day", Decimal(1))
     stored = keys.get_key("day", key.id)
     assert stored is not None and stored.period == "2026-12-02"
     assert stored.period_spent == 0 and stored.usage == 1 and stored.headroom == Decimal("0.5")
@@ -423,11 +436,12 @@ def test_two_reserves_from_one_stale_key_read_never_pass_the_limit(aws):
     ledger.grant("sta", Decimal(100), EntryType.BONUS, "seed", actor="t")
     secret, key = svc.create("sta", KeySettings(limit=Decimal("1.5")))
     cred = KeyCredential(key.id, secret_hash(secret))
-    stale_key = ledger.api_key("sta", cred)
+    # Two requests check the key (headroom 1.5) before either reserves.
+    first, second = svc.chat_extras("sta", cred), svc.chat_extras("sta", cred)
     stale_account = ledger.account("sta")
-    ledger.reserve(stale_account, Decimal(1), rate_limit=None, key=cred, api_key=stale_key)
+    key_reserve(ledger, first, "sta", Decimal(1), stale_account)
     with pytest.raises(KeyLimitReached):
-        ledger.reserve(stale_account, Decimal(1), rate_limit=None, key=cred, api_key=stale_key)
+        key_reserve(ledger, second, "sta", Decimal(1), stale_account)
     stored = keys.get_key("sta", key.id)
     assert stored is not None and stored.headroom == Decimal("0.5") and stored.held == 1
 
@@ -437,11 +451,10 @@ def test_a_reserve_planned_before_a_revoke_is_refused_by_the_write(aws):
     ledger.grant("rvk", Decimal(100), EntryType.BONUS, "seed", actor="t")
     secret, key = svc.create("rvk", KeySettings())
     cred = KeyCredential(key.id, secret_hash(secret))
-    stale_key = ledger.api_key("rvk", cred)
+    extras = svc.chat_extras("rvk", cred)  # checked usable, then revoked before the reserve
     svc.revoke("rvk", key.id)
     with pytest.raises(Unauthorized):
-        ledger.reserve(ledger.account("rvk"), Decimal(1), rate_limit=None, key=cred,
-                       api_key=stale_key)
+        key_reserve(ledger, extras, "rvk", Decimal(1))
     assert ledger.account("rvk").held == 0
 
 
@@ -525,9 +538,9 @@ def test_a_change_planned_before_a_rotation_cannot_revive_the_old_secret(aws):
     before = keys.get_key("rot", key.id)
     assert before is not None
     svc.rotate("rot", key.id, grace_seconds=0)
-    assert svc.authenticate(old) is None
+    assert not accepted(svc.authenticate(old))
     with pytest.raises(KeyChanged):
         keys.update_settings(before, replace(before, name="stale"))
-    assert svc.authenticate(old) is None
+    assert not accepted(svc.authenticate(old))
     assert svc.update("rot", key.id, KeySettings(name="fresh")).name == "fresh"
-    assert svc.authenticate(old) is None
+    assert not accepted(svc.authenticate(old))
