@@ -20,7 +20,7 @@ from llmcredits.domain.pricing import catalog, prompt_token_bound
 from llmcredits.errors import KeyLimitReached
 from llmcredits.local.dev_upstream import DevUpstream
 from llmcredits.models_chat import ChatCompletionRequest
-from llmcredits.services.api_keys import ApiKeysService, KeyBudgets, KeySettings
+from llmcredits.services.api_keys import ApiKeysService, KeySettings
 from llmcredits.services.chat import ChatService
 from llmcredits.services.ledger import LedgerService
 from llmcredits.services.reconcile import reconcile_account
@@ -35,7 +35,7 @@ MAX_TOKENS = 200
 def test_64_concurrent_chats_through_one_key_never_pass_its_limit(local_table):
     client, name = local_table
     keys = DynamoApiKeyStore(client, name)
-    ledger = LedgerService(DynamoLedgerStore(client, name), keys=KeyBudgets(keys))
+    ledger = LedgerService(DynamoLedgerStore(client, name))
     service = ApiKeysService(keys, ensure_account=ledger.account,
                              tier_rate_limit=catalog().rate_limit,
                              power_levels=list(catalog().power_levels))
@@ -56,8 +56,9 @@ def test_64_concurrent_chats_through_one_key_never_pass_its_limit(local_table):
             request = ChatCompletionRequest.model_validate(
                 {"model": MODEL, "messages": MESSAGES, "max_tokens": MAX_TOKENS})
             try:
+                extras = service.chat_extras(user, credential)
                 chat.complete(user, request, power_level_header=None, request_id=f"r{i}",
-                              key=credential)
+                              extras=extras, key=extras.key)
             except KeyLimitReached as exc:
                 return exc
             return None
@@ -88,7 +89,7 @@ def test_64_concurrent_reserves_on_one_key_hold_at_most_its_limit(local_table):
     stops 64 plans made from reads taken at the same moment."""
     client, name = local_table
     keys = DynamoApiKeyStore(client, name)
-    ledger = LedgerService(DynamoLedgerStore(client, name), keys=KeyBudgets(keys))
+    ledger = LedgerService(DynamoLedgerStore(client, name))
     service = ApiKeysService(keys, ensure_account=ledger.account,
                              tier_rate_limit=catalog().rate_limit,
                              power_levels=list(catalog().power_levels))
@@ -98,19 +99,23 @@ def test_64_concurrent_reserves_on_one_key_hold_at_most_its_limit(local_table):
     credential = KeyCredential(key.id, secret_hash(secret))
 
     def reserve(_: int):
+        extras = service.chat_extras(user, credential)
         try:
-            return ledger.reserve(ledger.account(user), Decimal(1), rate_limit=None,
-                                  key=credential)
+            hold = ledger.reserve(ledger.account(user), Decimal(1), rate_limit=None,
+                                  extra=lambda fresh: extras.on_reserve(fresh, Decimal(1)),
+                                  key_id=extras.key_id)
         except KeyLimitReached:
             return None
+        return hold, extras
 
     with ThreadPoolExecutor(max_workers=64) as pool:
-        holds = [h for h in pool.map(reserve, range(64)) if h is not None]
+        held = [h for h in pool.map(reserve, range(64)) if h is not None]
+    holds = [hold for hold, _ in held]
     stored = keys.get_key(user, key.id)
     assert stored is not None
     assert len(holds) == 10 and stored.held == 10 and stored.headroom == 0
-    for hold in holds:
-        assert ledger.release(hold)
+    for hold, extras in held:
+        assert ledger.release(hold, None, extras.on_release(hold))
     stored = keys.get_key(user, key.id)
     assert stored is not None and stored.held == 0 and stored.headroom == 10
     assert reconcile_account(ledger._store, user) == []
