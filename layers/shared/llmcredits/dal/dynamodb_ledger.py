@@ -170,6 +170,8 @@ def hold_to_item(hold: Hold) -> dict[str, Any]:
             "hold_created_at": hold.created_at,
             "settlement": None if hold.settlement is None else hold.settlement.to_json(),
             "key_id": hold.key_id or None,
+            "release_extra": json.dumps([w.to_json() for w in hold.release_extra])
+            if hold.release_extra else None,
         }
     )
 
@@ -185,6 +187,8 @@ def hold_from_item(item: dict[str, Any]) -> Hold:
         model=data.get("model", ""),
         settlement=Settlement.from_json(data["settlement"]) if data.get("settlement") else None,
         key_id=data.get("key_id", ""),
+        release_extra=tuple(GuardedWrite.from_json(w)
+                            for w in json.loads(data.get("release_extra") or "[]")),
     )
 
 

@@ -332,6 +332,9 @@ class Hold:
     # The recorded answer (outbox): once set, the hold is only ever settled, never freed.
     settlement: Settlement | None = None
     key_id: str = ""  # the API key that made the request, if any (its budget holds it too)
+    # The extra writes that give this hold back (e.g. to an API key's headroom), kept
+    # on the hold so the sweeper's release of a dead request applies them too.
+    release_extra: tuple[GuardedWrite, ...] = ()
 
 
 @dataclass(frozen=True)

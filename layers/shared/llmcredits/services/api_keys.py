@@ -110,6 +110,7 @@ class KeyExtras:
     def on_reserve(self, account: Account, amount: Decimal) -> Sequence[GuardedWrite]:
         key = self._fresh or self._read()  # the first attempt uses the check's read
         self._fresh = None
+        self.key = key
         now = self._clock()
         return (plan_key_reserve(key, self._credential.secret_hash, amount, now,
                                  timestamp(now)),)
@@ -118,7 +119,9 @@ class KeyExtras:
         return (plan_key_settle(self._limited_now(), hold.amount, cost),)
 
     def on_release(self, hold: Hold) -> Sequence[GuardedWrite]:
-        return (plan_key_release(self._limited_now(), hold.amount),)
+        # Planned at reserve time too (kept on the hold for the sweeper): from the
+        # reserve's own read, no extra GetItem.
+        return (plan_key_release(self.key, hold.amount),)
 
     def _limited_now(self) -> ApiKey:
         # Whether the key has a limit (so a headroom to give back) as it is now.

@@ -207,6 +207,7 @@ class ChatService:
             model=route.model,
             extra=lambda fresh: extras.on_reserve(fresh, hold_amount),
             key_id=key.id if key is not None else "",
+            release_extra=extras.on_release,  # kept on the hold for the sweeper
         )
 
         payload = request.passthrough()

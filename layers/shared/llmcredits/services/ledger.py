@@ -422,6 +422,7 @@ class LedgerService:
         model: str = "",
         extra: Callable[[Account], Sequence[GuardedWrite]] | Sequence[GuardedWrite] = (),
         key_id: str = "",
+        release_extra: Callable[[Hold], Sequence[GuardedWrite]] | None = None,
     ) -> Hold:
         """Reserve ``amount`` with one conditional write that also enforces the monthly
         cap and the per-minute rate limit. Raises 402/429; writes nothing then.
@@ -443,6 +444,8 @@ class LedgerService:
                 model=model,
                 key_id=key_id,
             )
+            if release_extra is not None:
+                hold = replace(hold, release_extra=tuple(release_extra(hold)))
             try:
                 self._store.commit(
                     account.user_id, mutation, None, timestamp(now), hold_put=hold
@@ -574,7 +577,7 @@ class LedgerService:
             try:
                 self._store.commit(
                     hold.user_id,
-                    plan_release(account, hold, tuple(extra)),
+                    plan_release(account, hold, tuple(extra or hold.release_extra)),
                     None,
                     timestamp(self._clock()),
                     hold_delete=hold,
