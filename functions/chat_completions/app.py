@@ -5,12 +5,15 @@ from typing import Annotated
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.openapi.params import Header
 from aws_lambda_powertools.metrics import MetricUnit
-from llmcredits.bootstrap import chat_service
+from llmcredits.bootstrap import api_keys_service, chat_service
+from llmcredits.domain.api_keys import credential_of
 from llmcredits.errors import ApiError
 from llmcredits.http.api import (
     API_PREFIX,
+    KIND_API_KEY,
     caller,
     entry_point,
+    header,
     logger,
     make_app,
     metrics,
@@ -62,12 +65,18 @@ def chat_completions(
     who = caller(app)
     metrics.add_metric(name="ChatRequests", unit=MetricUnit.Count, value=1)
     try:
+        # An API key's state and budget bind in the reserve write, not in the authorizer.
+        key = (api_keys_service().chat_extras(
+                   who.user_id, credential_of(who.key_id, header(app, "Authorization")))
+               if who.kind == KIND_API_KEY else None)
         result = chat_service().complete(
             who.user_id,
             body,
             power_level_header=x_power_level,
             request_id=app.current_event.request_context.request_id,
             idempotency_key=idempotency_key,
+            extras=key,
+            key=key.key if key is not None else None,
         )
     except ApiError as err:
         record_chat_failure(err)  # 402s are counted by the shared error handler

@@ -26,9 +26,11 @@ def get_history(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=2048)] = None,
     type: Annotated[EntryTypeName | None, Query()] = None,
+    key_id: Annotated[str | None, Query(max_length=64, pattern=r"^[A-Za-z0-9_-]+$",
+                                        description="Only usage made with this API key")] = None,
 ) -> HistoryResponse:
     page = ledger_service().history(
-        caller(app).user_id, limit, cursor, EntryType(type) if type else None
+        caller(app).user_id, limit, cursor, EntryType(type) if type else None, key_id
     )
     return HistoryResponse(
         items=[LedgerEntryOut(**entry_view(e)) for e in page.entries],

@@ -1,8 +1,8 @@
 """The real Lambda authorizer through the local stack (the REST API emulation): who may
 call what, API key principals through the ApiKeyAuthenticator port, unknown routes.
 
-The API keys store is another branch's work: a fake authenticator stands in for it here,
-injected where bootstrap wires the real one.
+A fake authenticator stands in for the key store here (injected where bootstrap wires
+the real one); tests/e2e/test_api_key_local_stack.py uses real keys from POST /keys.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def test_revoked_and_unknown_keys_are_401(http: httpx.Client) -> None:
             "invalid_token")
 
 
-def test_without_the_fake_no_api_key_authenticates(http: httpx.Client) -> None:
+def test_without_the_fake_an_unknown_api_key_is_401(http: httpx.Client) -> None:
     bootstrap.authorizer.cache_clear()
     assert http.get("/credits", headers=bearer("llmc-never-wired")).status_code == 401
 

@@ -56,3 +56,16 @@ def test_balance_survives_a_restart_and_admin_show_needs_no_flags(tmp_path: Path
         lines = busy.stderr.strip().splitlines()
         assert lines[-1].startswith(f"llmcredits dev: port {again.port} on 127.0.0.1 is in use")
         assert "Traceback" not in busy.stderr
+
+
+def test_keys_create_needs_no_flags_and_its_key_calls_the_running_stack(tmp_path: Path) -> None:
+    with DevProcess(tmp_path) as dev:
+        grant(dev, "kim", "5", "welcome-kim")
+        created = dev.run("keys", "create", "--sub", "kim", "--limit", "1")
+        assert created.returncode == 0, created.stderr
+        secret = created.stdout.strip()
+        assert secret.startswith("llmc-") and secret not in created.stderr
+        request = urllib.request.Request(  # noqa: S310 - loopback http
+            f"{dev.api}/key", headers={"Authorization": f"Bearer {secret}"})
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - loopback
+            assert json.loads(response.read())["data"]["limit"] == "1.000000"

@@ -181,3 +181,66 @@ def test_client_request_token_makes_a_repeat_a_success_without_applying(aws):
     assert item["n"] == {"N": "3"}
 
 
+
+
+def test_the_settle_worker_moves_an_api_keys_spend_too(faults):
+    """The key's part of a settle is stored with the settlement: a settlement the
+    request could not commit still moves the key's held, usage and headroom later."""
+    from llmcredits.dal.dynamodb_api_keys import DynamoApiKeyStore
+    from llmcredits.domain.api_keys import KeyCredential, secret_hash
+    from llmcredits.domain.pricing import catalog
+    from llmcredits.services.api_keys import ApiKeysService, KeySettings
+
+    ledger, store = service()
+    keys = DynamoApiKeyStore(boto3.client("dynamodb"), TABLE)
+    svc = ApiKeysService(keys, ensure_account=ledger.account,
+                         tier_rate_limit=catalog().rate_limit,
+                         power_levels=list(catalog().power_levels))
+    ledger.grant("kwk", D("10"), EntryType.BONUS, "welcome", "ops")
+    secret, key = svc.create("kwk", KeySettings(limit=D("5")))
+    extras = svc.chat_extras("kwk", KeyCredential(key.id, secret_hash(secret)))
+    account = ledger.account("kwk")
+    hold = ledger.reserve(account, D("2"), rate_limit=None, key_id=key.id,
+                          extra=lambda fresh: extras.on_reserve(fresh, D("2")))
+    faults.update(fail=100, match="HOLD#")
+    assert ledger.settle(account, hold, D("1"), provider="p", model="m", tokens=1,
+                         metadata={}, extra=extras.on_settle(hold, D("1"))).pending
+    faults.update(fail=0)
+    stored = keys.get_key("kwk", key.id)
+    assert stored is not None and (stored.held, stored.usage) == (D("2"), D(0))
+    later = datetime.now(UTC) + timedelta(seconds=90)
+    worker, _ = service(clock=lambda: later)
+    assert worker.apply_pending_settlements(20).applied == 1
+    stored = keys.get_key("kwk", key.id)
+    assert stored is not None
+    assert (stored.held, stored.usage, stored.period_spent, stored.headroom) == (
+        D(0), D(1), D(1), D(4))
+    [entry] = store.list_entries("kwk", 10, None, "usage", key.id).entries
+    assert entry.key_id == key.id and entry.amount == D(-1)
+    assert reconcile_account(store, "kwk") == []
+
+
+def test_the_sweeper_gives_a_dead_requests_hold_back_to_its_api_key(faults):
+    """A request that died after its reserve: the sweeper's release applies the key's
+    release writes kept on the hold, so the key's headroom is not lost."""
+    from llmcredits.dal.dynamodb_api_keys import DynamoApiKeyStore
+    from llmcredits.domain.api_keys import KeyCredential, secret_hash
+    from llmcredits.domain.pricing import catalog
+    from llmcredits.services.api_keys import ApiKeysService, KeySettings
+
+    ledger, _ = service()
+    keys = DynamoApiKeyStore(boto3.client("dynamodb"), TABLE)
+    svc = ApiKeysService(keys, ensure_account=ledger.account,
+                         tier_rate_limit=catalog().rate_limit,
+                         power_levels=list(catalog().power_levels))
+    ledger.grant("kdd", D("10"), EntryType.BONUS, "welcome", "ops")
+    secret, key = svc.create("kdd", KeySettings(limit=D("5")))
+    extras = svc.chat_extras("kdd", KeyCredential(key.id, secret_hash(secret)))
+    ledger.reserve(ledger.account("kdd"), D("2"), rate_limit=None, key_id=key.id,
+                   extra=lambda fresh: extras.on_reserve(fresh, D("2")),
+                   release_extra=extras.on_release)
+    later = datetime.now(UTC) + timedelta(hours=1)
+    sweeper, _ = service(clock=lambda: later)
+    assert len(sweeper.sweep_holds(180).released) == 1
+    stored = keys.get_key("kdd", key.id)
+    assert stored is not None and (stored.held, stored.headroom) == (D(0), D(5))

@@ -58,8 +58,19 @@ def test_sample_event_exists_and_is_served(upstream, monkeypatch, name):
         if name in ("byok_keys_patch", "byok_keys_delete"):
             post = (ROOT / "events" / "byok_keys_post.json").read_text()
             invoke("byok_keys_post", json.loads(post))
+    if name.startswith("key") and name != "keys_post" and name != "keys_get":
+        evt = with_sample_key(evt)
     from tests.fakes.stripe_api import sample_ready
 
     with sample_ready(name, evt) as ready:
         status, _, body = invoke(name, ready)
     assert 200 <= status < 300, body
+
+
+def with_sample_key(evt: dict) -> dict:
+    """The sample's key id (and, for GET /key, its secret) replaced by a key that exists."""
+    post = json.loads((ROOT / "events" / "keys_post.json").read_text())
+    _, _, created = invoke("keys_post", post)
+    text = json.dumps(evt).replace("key_0000000000000000", created["id"])
+    text = text.replace("llmc-" + "A" * 43, created["key"])
+    return json.loads(text)

@@ -15,11 +15,13 @@ from llmcredits.dal.dynamodb_ledger import DynamoLedgerStore
 from llmcredits.services.ledger import LedgerService
 
 if TYPE_CHECKING:
+    from llmcredits.dal.dynamodb_api_keys import DynamoApiKeyStore
     from llmcredits.dal.dynamodb_byok import DynamoByokStore
     from llmcredits.dal.dynamodb_usage import DynamoUsageStore
     from llmcredits.dal.kms_envelope import Envelope
     from llmcredits.dal.oidc import OidcJwtVerifier
-    from llmcredits.domain.principal import ApiKeyAuthenticator, KeyPrincipal
+    from llmcredits.domain.principal import ApiKeyAuthenticator
+    from llmcredits.services.api_keys import ApiKeysService
     from llmcredits.services.authorize import Authorizer
     from llmcredits.services.byok import ByokService
     from llmcredits.services.chat import ChatService
@@ -32,9 +34,36 @@ def ledger_service() -> LedgerService:
     return LedgerService(DynamoLedgerStore(dynamodb_client(), table_name()))
 
 
+@cache
+def api_key_store() -> DynamoApiKeyStore:
+    from llmcredits.dal.dynamodb_api_keys import DynamoApiKeyStore
+
+    return DynamoApiKeyStore(dynamodb_client(), table_name())
+
+
+@cache
+def api_keys_service() -> ApiKeysService:
+    from llmcredits.domain.pricing import catalog
+    from llmcredits.services.api_keys import ApiKeysService
+
+    return ApiKeysService(
+        api_key_store(),
+        ensure_account=ledger_service().account,
+        tier_rate_limit=catalog().rate_limit,
+        power_levels=list(catalog().power_levels),
+    )
+
+
+def api_key_authenticator() -> ApiKeyAuthenticator:
+    """What the Lambda authorizer calls for an ``llmc-`` bearer (one GetItem by hash)."""
+    return api_keys_service()
+
+
 def reset() -> None:
     """Forget cached clients and services (tests and the local stack change env)."""
     ledger_service.cache_clear()
+    api_key_store.cache_clear()
+    api_keys_service.cache_clear()
     chat_service.cache_clear()
     payments_service.cache_clear()
     byok_store.cache_clear()
@@ -142,19 +171,6 @@ def jwt_verifier() -> OidcJwtVerifier:
 
     return OidcJwtVerifier(os.environ.get("OIDC_ISSUER", ""), os.environ.get("OIDC_AUDIENCE", ""),
                            os.environ.get("OIDC_DISCOVERY_URL") or None)
-
-
-class _NoApiKeys:
-    """Refuses every API key: the key store is not wired in yet."""
-
-    def authenticate(self, secret: str) -> KeyPrincipal | None:
-        return None
-
-
-def api_key_authenticator() -> ApiKeyAuthenticator:
-    # The seam for the API keys store (issue 11 item 3): return the adapter that finds a
-    # key by the hash of its secret (one GetItem). Until then no API key authenticates.
-    return _NoApiKeys()
 
 
 @cache

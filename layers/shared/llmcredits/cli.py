@@ -5,6 +5,7 @@
     llmcredits openapi [--write]                               build the OpenAPI document
     llmcredits admin reconcile [--user U] [--json]            check invariants 2 and 4
     llmcredits admin byok-rotate --new-kms-key-id K [--yes]   re-encrypt BYOK keys
+    llmcredits keys create --sub U [--limit X --limit-reset daily ...]  mint an API key
     llmcredits admin show|grant|adjust|set-tier|set-cap|history|export-ledger ...
         operator tools (llmcredits.ops); every admin command finds its table by
         --stack NAME (TableName output), --table NAME, env TABLE_NAME, or --endpoint URL
@@ -446,6 +447,76 @@ def cmd_admin_export_ledger(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- API keys (llmcredits keys ...) ---------------------------------------------------------
+
+
+@_admin_command
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    """Mint an API key for ``--sub`` on the target table. The secret goes to stdout (once,
+    alone, so ``KEY=$(llmcredits keys create --sub alice)`` works); the record to stderr."""
+    from llmcredits import ops
+    from llmcredits.dal.dynamodb_api_keys import DynamoApiKeyStore
+    from llmcredits.domain.api_keys import LimitReset
+    from llmcredits.domain.pricing import catalog
+    from llmcredits.money import parse_money
+    from llmcredits.services.api_keys import ApiKeysService, KeySettings, key_view
+
+    target = _admin_target(args)
+    operator = ops.Operator.connect(target)
+    service = ApiKeysService(
+        DynamoApiKeyStore(operator.client, target.table),
+        ensure_account=operator.ledger.account,
+        tier_rate_limit=catalog().rate_limit,
+        power_levels=list(catalog().power_levels),
+    )
+    given: dict[str, Any] = {"name": args.name}
+    if args.limit is not None:
+        given["limit"] = parse_money(args.limit)
+    if args.limit_reset is not None:
+        given["limit_reset"] = LimitReset(args.limit_reset)
+    if args.expires_at is not None:
+        given["expires_at"] = args.expires_at
+    if args.power_level:
+        given["power_levels"] = args.power_level
+    if args.rate_limit_per_minute is not None:
+        given["rate_limit_per_minute"] = args.rate_limit_per_minute
+    secret, key = service.create(args.sub, KeySettings(**given))
+    print(secret)
+    print(ops.to_json(key_view(key)), file=sys.stderr)
+    return 0
+
+
+def _aware_instant(text: str) -> Any:
+    from datetime import datetime
+
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        raise argparse.ArgumentTypeError("an ISO 8601 instant with a zone, e.g. "
+                                         "2027-01-01T00:00:00Z")
+    return moment
+
+
+def _add_keys_commands(sub: Any) -> None:
+    keys = sub.add_parser("keys", help="API keys")
+    keys_sub = keys.add_subparsers(dest="admin_command", required=True)
+    create = keys_sub.add_parser("create", help="mint an API key (prints the secret once)")
+    create.add_argument("--sub", required=True, help="user id (JWT sub) that owns the key")
+    create.add_argument("--name", default="cli", help="a label for the key")
+    create.add_argument("--limit", help="spend limit in credits, e.g. 5.00")
+    create.add_argument("--limit-reset", choices=["daily", "weekly", "monthly", "never"],
+                        help="when the limit's spend restarts (UTC; default never)")
+    create.add_argument("--expires-at", type=_aware_instant,
+                        help="ISO 8601 instant with a zone, e.g. 2027-01-01T00:00:00Z")
+    create.add_argument("--power-level", action="append",
+                        help="an allowed power level (repeat for more; default all)")
+    create.add_argument("--rate-limit-per-minute", type=int, help="at most the tier's")
+    _add_target_args(create, confirm=False)
+    create.set_defaults(func=cmd_keys_create)
+
+
 def _add_target_args(parser: argparse.ArgumentParser, *, confirm: bool) -> None:
     """The flags every admin command shares: where the table is, --json, and --yes for
     commands that change something."""
@@ -571,6 +642,7 @@ def build_parser() -> argparse.ArgumentParser:
     rotate.set_defaults(func=cmd_admin_byok_rotate)
 
     _add_admin_commands(admin_sub)
+    _add_keys_commands(sub)
 
     return parser
 

@@ -59,6 +59,12 @@ class MonthlyCapReached(PaymentRequired):
     code = "monthly_cap_reached"
 
 
+class KeyLimitReached(PaymentRequired):
+    """The API key's own spending limit (per its reset window) is used up."""
+
+    code = "key_limit_reached"
+
+
 class Forbidden(ApiError):
     status = 403
     type = "permission_error"

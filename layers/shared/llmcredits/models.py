@@ -93,6 +93,7 @@ class LedgerEntryOut(ApiModel):
     model: str | None
     tokens: int | None
     cost: MoneyOut | None
+    key_id: str | None = Field(default=None, description="The API key that made this usage")
     metadata: dict[str, Any]
 
 

@@ -33,5 +33,6 @@ def entry_view(entry: LedgerEntry) -> dict[str, Any]:
         "model": entry.model,
         "tokens": entry.tokens,
         "cost": None if entry.cost is None else format_money(entry.cost),
+        "key_id": entry.key_id,
         "metadata": entry.metadata,
     }

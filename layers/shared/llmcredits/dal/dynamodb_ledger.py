@@ -169,6 +169,9 @@ def hold_to_item(hold: Hold) -> dict[str, Any]:
             "hold_shard": f"HOLDS#{shard}",
             "hold_created_at": hold.created_at,
             "settlement": None if hold.settlement is None else hold.settlement.to_json(),
+            "key_id": hold.key_id or None,
+            "release_extra": json.dumps([w.to_json() for w in hold.release_extra])
+            if hold.release_extra else None,
         }
     )
 
@@ -183,6 +186,9 @@ def hold_from_item(item: dict[str, Any]) -> Hold:
         request_id=data.get("request_id", ""),
         model=data.get("model", ""),
         settlement=Settlement.from_json(data["settlement"]) if data.get("settlement") else None,
+        key_id=data.get("key_id", ""),
+        release_extra=tuple(GuardedWrite.from_json(w)
+                            for w in json.loads(data.get("release_extra") or "[]")),
     )
 
 
@@ -204,6 +210,7 @@ def entry_to_item(entry: LedgerEntry) -> dict[str, Any]:
             "tokens": entry.tokens,
             "cost": entry.cost,
             "metadata": json.dumps(entry.metadata, sort_keys=True, default=str),
+            "key_id": entry.key_id,
         }
     )
 
@@ -223,6 +230,7 @@ def entry_from_item(item: dict[str, Any]) -> LedgerEntry:
         tokens=None if tokens is None else int(tokens),
         cost=data.get("cost"),
         metadata=json.loads(data.get("metadata") or "{}"),
+        key_id=data.get("key_id"),
     )
 
 
@@ -869,10 +877,13 @@ class DynamoLedgerStore:
     # -- history ----------------------------------------------------------------------
 
     def list_entries(
-        self, user_id: str, limit: int, after_key: str | None, entry_type: str | None
+        self, user_id: str, limit: int, after_key: str | None, entry_type: str | None,
+        key_id: str | None = None,
     ) -> EntryPage:
         """Newest first, one Query per page: a type filter reads the HistoryByType index
         (only that type's entries), so no page is read and thrown away."""
+        if key_id:
+            return self._entries_of_key(user_id, limit, after_key, entry_type, key_id)
         kwargs: dict[str, Any] = {
             "TableName": self._table,
             "ScanIndexForward": False,
@@ -902,6 +913,41 @@ class DynamoLedgerStore:
         last = resp.get("LastEvaluatedKey")
         return EntryPage(entries=self._with_balances(user_id, entries),
                          last_key=from_item(last)["SK"] if last else None)
+
+    def _entries_of_key(
+        self, user_id: str, limit: int, after_key: str | None, entry_type: str | None,
+        key_id: str,
+    ) -> EntryPage:
+        """One API key's entries: the user's partition read newest first with a filter,
+        page after page until ``limit`` match (no index per key yet: a key with few
+        entries among many costs reads proportional to the user's history)."""
+        entries: list[LedgerEntry] = []
+        start = after_key
+        while True:
+            kwargs: dict[str, Any] = {
+                "TableName": self._table,
+                "KeyConditionExpression": "PK = :pk AND begins_with(SK, :prefix)",
+                "ExpressionAttributeValues": to_item(
+                    {":pk": user_pk(user_id), ":prefix": LEDGER_PREFIX, ":key": key_id}
+                ),
+                "FilterExpression": "key_id = :key",
+                "ScanIndexForward": False,
+                "ConsistentRead": True,
+                "Limit": limit - len(entries),
+            }
+            if entry_type:
+                kwargs["FilterExpression"] += " AND #type = :type"
+                kwargs["ExpressionAttributeNames"] = {"#type": "type"}
+                kwargs["ExpressionAttributeValues"][":type"] = {"S": entry_type}
+            if start:
+                kwargs["ExclusiveStartKey"] = to_item({"PK": user_pk(user_id), "SK": start})
+            resp = self._client.query(**kwargs)
+            entries.extend(entry_from_item(item) for item in resp.get("Items", []))
+            last = resp.get("LastEvaluatedKey")
+            start = from_item(last)["SK"] if last else None
+            if start is None or len(entries) >= limit:
+                return EntryPage(entries=self._with_balances(user_id, entries),
+                                 last_key=start)
 
     def _with_balances(self, user_id: str, entries: list[LedgerEntry]) -> list[LedgerEntry]:
         """Fill in ``balance_after`` of settles not stamped yet, from the account."""

@@ -2,6 +2,7 @@
 
 Keys (in the user's partition, beside the ledger):
   PK=USER#<id>  SK=USAGE#<yyyy-mm-dd>#<provider>#<model>  an aggregate (ADDed to)
+  PK=USER#<id>  SK=USAGE#<yyyy-mm-dd>#<provider>#<model>#<key id>  the same, per API key
   PK=USER#<id>  SK=USAGEMARK#<ledger entry id>            "this entry is counted" (TTL)
 
 Idempotency: the aggregate Update (ADD requests, tokens, cost) and one marker Put per
@@ -61,7 +62,8 @@ def _part(text: str) -> str:
 
 
 def usage_sk(key: UsageKey) -> str:
-    return f"{USAGE_PREFIX}{key.day}#{_part(key.provider)}#{_part(key.model)}"
+    sk = f"{USAGE_PREFIX}{key.day}#{_part(key.provider)}#{_part(key.model)}"
+    return f"{sk}#{_part(key.key_id)}" if key.key_id else sk
 
 
 def marker_sk(entry_id: str) -> str:
@@ -94,7 +96,7 @@ def aggregate_from_item(item: Mapping[str, Any]) -> Aggregate:
     return Aggregate(
         key=UsageKey(
             user_id=data["user_id"], day=data["day"], provider=data["provider"],
-            model=data["model"],
+            model=data["model"], key_id=data.get("key_id", ""),
         ),
         totals=UsageTotals(
             requests=int(data.get("requests", 0)),
@@ -174,7 +176,7 @@ class DynamoUsageStore:
                 "Key": to_item({"PK": pk, "SK": sk}),
                 "UpdateExpression": (
                     "SET #kind = :kind, #user = :user, #day = :day, #provider = :provider, "
-                    "#model = :model, #updated = :now "
+                    "#model = :model, #updated = :now, key_id = :key "
                     "ADD #requests :requests, #prompt :prompt, #completion :completion, "
                     "#tokens :tokens, #cost :cost"
                 ),
@@ -188,7 +190,7 @@ class DynamoUsageStore:
                 "ExpressionAttributeValues": to_item(
                     {
                         ":kind": "usage", ":user": key.user_id, ":day": key.day,
-                        ":provider": key.provider, ":model": key.model,
+                        ":provider": key.provider, ":model": key.model, ":key": key.key_id,
                         ":now": timestamp(datetime.fromtimestamp(now, UTC)),
                         ":requests": delta.requests, ":prompt": delta.prompt_tokens,
                         ":completion": delta.completion_tokens, ":tokens": delta.total_tokens,

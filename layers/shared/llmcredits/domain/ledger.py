@@ -331,6 +331,10 @@ class Hold:
     model: str = ""
     # The recorded answer (outbox): once set, the hold is only ever settled, never freed.
     settlement: Settlement | None = None
+    key_id: str = ""  # the API key that made the request, if any (its budget holds it too)
+    # The extra writes that give this hold back (e.g. to an API key's headroom), kept
+    # on the hold so the sweeper's release of a dead request applies them too.
+    release_extra: tuple[GuardedWrite, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -395,6 +399,7 @@ def settlement_entry(hold: Hold, settlement: Settlement) -> LedgerEntry:
         tokens=settlement.tokens,
         cost=settlement.cost,
         metadata={**settlement.metadata, "hold_id": hold.id, "hold": format_money(hold.amount)},
+        key_id=hold.key_id or None,
     )
 
 
@@ -479,6 +484,7 @@ class LedgerEntry:
     tokens: int | None = None
     cost: Decimal | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    key_id: str | None = None  # usage made with an API key
 
 
 @dataclass(frozen=True)

@@ -176,6 +176,7 @@ class LedgerStore(Protocol):
     def holds_created_before(self, cutoff: str) -> list[Hold]: ...
 
     def list_entries(
-        self, user_id: str, limit: int, after_key: str | None, entry_type: str | None
+        self, user_id: str, limit: int, after_key: str | None, entry_type: str | None,
+        key_id: str | None = None,
     ) -> EntryPage: ...
 

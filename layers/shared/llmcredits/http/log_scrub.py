@@ -8,10 +8,11 @@ structured record (message, extra keys, appended keys, exception and stack trace
 1. by key: the value of a sensitive key (``authorization``, ``stripe-signature``,
    ``cookie``, ``api_key``, ``*secret``, ``*password`` ...) is replaced whole, at any
    depth (an API Gateway event's ``headers``, a dict logged as the message, ...);
-2. by shape: bearer tokens, JWTs, provider and Stripe keys (``sk-``, ``sk-ant-``,
-   ``sk_live_``, ``gsk_``, ``hf_``, ``whsec_`` ...), Stripe signature parts and
-   ``key: value`` / ``key=value`` pairs of sensitive keys inside free text; this pass
-   also runs over the serialized line, which covers objects rendered with ``str()``.
+2. by shape: bearer tokens, JWTs, our API keys (``llmc-``), provider and Stripe keys
+   (``sk-``, ``sk-ant-``, ``sk_live_``, ``gsk_``, ``hf_``, ``whsec_`` ...), Stripe
+   signature parts and ``key: value`` / ``key=value`` pairs of sensitive keys inside
+   free text; this pass also runs over the serialized line, which covers objects
+   rendered with ``str()``.
 
 Over-redaction is accepted; a leaked key is not (DESIGN invariant 5).
 """
@@ -52,6 +53,8 @@ _TOKEN_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # and webhook secrets.
     (re.compile(_B + r"(?:sk-ant-|sk-or-|sk-proj-|sk-)[A-Za-z0-9_\-]{6,}"), REDACTED),
     (re.compile(_B + r"(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{6,}"), REDACTED),
+    # Our own API keys (llmc- + base64url), wherever they turn up in free text.
+    (re.compile(_B + r"llmc-[A-Za-z0-9_\-]{6,}"), REDACTED),
     (re.compile(_B + r"whsec_[A-Za-z0-9+/=]{6,}"), REDACTED),
     (re.compile(_B + r"gsk_[A-Za-z0-9]{10,}"), REDACTED),
     (re.compile(_B + r"hf_[A-Za-z0-9]{10,}"), REDACTED),

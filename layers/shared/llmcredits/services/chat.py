@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from llmcredits import jsonexact
 from llmcredits.domain.answer import ensure_routed_model
+from llmcredits.domain.api_keys import ApiKey, check_power_level
 from llmcredits.domain.byok import may_have_key, redact
 from llmcredits.domain.ledger import Account, GuardedWrite, Hold, fingerprint
 from llmcredits.domain.ports import StoredResponse
@@ -122,12 +123,13 @@ class ChatService:
         request_id: str,
         idempotency_key: str | None = None,
         extras: TransactionExtras | None = None,
+        key: ApiKey | None = None,
     ) -> ChatResult:
         """One metered completion. With ``idempotency_key`` (scoped to the user, kept
         24 h) a retry with the same body gets the first response and is charged once."""
         if idempotency_key is None:
             return self._complete(user_id, request, power_level_header, request_id,
-                                  extras or NoExtras())
+                                  extras or NoExtras(), key)
         if not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY_LENGTH or \
                 not idempotency_key.isprintable():
             raise InvalidRequest(
@@ -145,7 +147,7 @@ class ChatService:
                             found.response)
         try:
             result = self._complete(user_id, request, power_level_header, request_id,
-                                    extras or NoExtras())
+                                    extras or NoExtras(), key)
         except BaseException:
             # Nothing was charged: free the key so a retry runs again.
             self._ledger.drop_response_claim(user_id, idempotency_key)
@@ -170,11 +172,18 @@ class ChatService:
         power_level_header: str | None,
         request_id: str,
         extras: TransactionExtras,
+        key: ApiKey | None,
     ) -> ChatResult:
         account = self._ledger.account(user_id)
         tier = account.tier.value
         power_level = request.power_level or power_level_header
+        # An API key (checked usable by its extras): its allowed levels bound the route.
+        key_record = key
+        if key_record is not None and power_level is None and request.model == "auto":
+            power_level = key_default_level(key_record, self._catalog, tier)
         route = self._catalog.resolve(request.model, power_level, tier)
+        if key_record is not None:
+            check_power_level(key_record, route.power_level)  # 403
         max_tokens = self._catalog.clip_max_tokens(request.requested_max_tokens(), route)
         # The account's flags say whether an enabled BYOK key exists for the provider
         # (written with the key): accounts without one pay no extra read.
@@ -197,6 +206,8 @@ class ChatService:
             request_id=request_id,
             model=route.model,
             extra=lambda fresh: extras.on_reserve(fresh, hold_amount),
+            key_id=key.id if key is not None else "",
+            release_extra=extras.on_release,  # kept on the hold for the sweeper
         )
 
         payload = request.passthrough()
@@ -326,6 +337,19 @@ def replayed(same_body: bool, running: bool, response: StoredResponse | None) ->
         )
     headers = {**response.headers, "Idempotent-Replayed": "true"}
     return ChatResult(response.status, response.content_type, response.body, headers)
+
+
+def key_default_level(key: ApiKey, catalog: Catalog, tier: str) -> str | None:
+    """For ``model: auto`` without a level: the tier's default if the key allows it, else
+    the highest level both the key and the tier allow (None: let routing refuse)."""
+    if key.power_levels is None:
+        return None
+    default = catalog.default_level_for(tier)
+    if default in key.power_levels:
+        return default
+    allowed = [lv for lv in catalog.power_levels
+               if lv in key.power_levels and lv in catalog.tier(tier).power_levels]
+    return allowed[-1] if allowed else None
 
 
 def without_secret(exc: Exception, secret: str) -> Exception:

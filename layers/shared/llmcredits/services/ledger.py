@@ -421,6 +421,8 @@ class LedgerService:
         request_id: str = "",
         model: str = "",
         extra: Callable[[Account], Sequence[GuardedWrite]] | Sequence[GuardedWrite] = (),
+        key_id: str = "",
+        release_extra: Callable[[Hold], Sequence[GuardedWrite]] | None = None,
     ) -> Hold:
         """Reserve ``amount`` with one conditional write that also enforces the monthly
         cap and the per-minute rate limit. Raises 402/429; writes nothing then.
@@ -440,7 +442,10 @@ class LedgerService:
                 created_at=timestamp(now),
                 request_id=request_id,
                 model=model,
+                key_id=key_id,
             )
+            if release_extra is not None:
+                hold = replace(hold, release_extra=tuple(release_extra(hold)))
             try:
                 self._store.commit(
                     account.user_id, mutation, None, timestamp(now), hold_put=hold
@@ -572,7 +577,7 @@ class LedgerService:
             try:
                 self._store.commit(
                     hold.user_id,
-                    plan_release(account, hold, tuple(extra)),
+                    plan_release(account, hold, tuple(extra or hold.release_extra)),
                     None,
                     timestamp(self._clock()),
                     hold_delete=hold,
@@ -625,13 +630,14 @@ class LedgerService:
     # -- history ----------------------------------------------------------------------
 
     def history(
-        self, user_id: str, limit: int, cursor: str | None, entry_type: EntryType | None
+        self, user_id: str, limit: int, cursor: str | None, entry_type: EntryType | None,
+        key_id: str | None = None,
     ) -> HistoryPage:
         if not 1 <= limit <= HISTORY_MAX_LIMIT:
             raise InvalidRequest(f"limit must be 1..{HISTORY_MAX_LIMIT}", param="limit")
         after = decode_cursor(cursor, user_id) if cursor else None
         page = self._store.list_entries(
-            user_id, limit, after, entry_type.value if entry_type else None
+            user_id, limit, after, entry_type.value if entry_type else None, key_id
         )
         next_cursor = encode_cursor(user_id, page.last_key) if page.last_key else None
         return HistoryPage(page.entries, next_cursor)

@@ -38,12 +38,14 @@ class PoisonRecord(ValueError):
 
 @dataclass(frozen=True, order=True)
 class UsageKey:
-    """One aggregate: a user's usage of one model of one provider on one UTC day."""
+    """One aggregate: a user's usage of one model of one provider on one UTC day, through
+    one API key ("" for requests made with a login token)."""
 
     user_id: str
     day: str  # yyyy-mm-dd, UTC date of the entry's created_at
     provider: str
     model: str
+    key_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,7 @@ def usage_of_entry(entry: LedgerEntry) -> UsageRecord:
             day=usage_day(entry.created_at),
             provider=entry.provider or UNKNOWN,
             model=entry.model or UNKNOWN,
+            key_id=entry.key_id or "",
         ),
         totals=UsageTotals(1, prompt, completion, tokens, cost + ZERO),
     )
@@ -210,6 +213,10 @@ class ModelUsageOut(UsageTotalsOut):
     provider: str
 
 
+class KeyUsageOut(UsageTotalsOut):
+    key_id: str | None = Field(description="The API key; null: requests with a login token")
+
+
 class DayUsageOut(UsageTotalsOut):
     date: str = Field(examples=["2026-11-27"], description="UTC day")
 
@@ -223,6 +230,8 @@ class UsageResponse(BaseModel):
     by_provider: list[ProviderUsageOut] = Field(description="Most expensive first")
     by_model: list[ModelUsageOut] = Field(description="Most expensive first")
     by_day: list[DayUsageOut] = Field(description="Every day of the window, oldest first")
+    by_key: list[KeyUsageOut] = Field(description="Per API key (null: login token), most "
+                                      "expensive first")
 
 
 def _totals_out(totals: UsageTotals) -> dict[str, Any]:
@@ -244,6 +253,7 @@ def build_report(
     providers: dict[str, UsageTotals] = {}
     models: dict[tuple[str, str], UsageTotals] = {}
     per_day: dict[str, UsageTotals] = {}
+    keys: dict[str, UsageTotals] = {}
     for agg in aggregates:
         if agg.key.user_id != user_id or not start.isoformat() <= agg.key.day <= end.isoformat():
             continue
@@ -252,6 +262,7 @@ def build_report(
         mkey = (agg.key.model, agg.key.provider)
         models[mkey] = models.get(mkey, UsageTotals()) + agg.totals
         per_day[agg.key.day] = per_day.get(agg.key.day, UsageTotals()) + agg.totals
+        keys[agg.key.key_id] = keys.get(agg.key.key_id, UsageTotals()) + agg.totals
     all_days = [(start + timedelta(days=i)).isoformat() for i in range((end - start).days + 1)]
     return UsageResponse(
         user_id=user_id,
@@ -270,6 +281,10 @@ def build_report(
         by_day=[
             DayUsageOut(date=d, **_totals_out(per_day.get(d, UsageTotals())))
             for d in all_days
+        ],
+        by_key=[
+            KeyUsageOut(key_id=k or None, **_totals_out(t))
+            for k, t in sorted(keys.items(), key=_by_cost)
         ],
     )
 
