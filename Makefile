@@ -52,7 +52,9 @@ typecheck: $(STAMP)
 ## Apply each curated money/security mutant (tests/mutants/mutants.toml) to a scratch copy; fail if one survives.
 .PHONY: mutants
 mutants: $(STAMP)
-	$(BIN)/python scripts/mutants.py
+	# The console-folder test reads functions/console/static (a symlink) and fails in the
+	# scratch copy: deselected so it can never count as a kill.
+	$(BIN)/python scripts/mutants.py --deselect tests/unit/test_console_site.py::test_the_function_serves_the_repository_console_folder
 
 ## Regenerate the OpenAPI document served by GET /openapi.json.
 openapi: $(STAMP)
