@@ -15,6 +15,15 @@ function svg(tag, attrs = {}, text) {
  * barChart([{label: "2026-12-01", value: "0.001200", caption: "0.001200 credits"}], {title})
  * `value` is the API's decimal string; only its magnitude (for the bar) is a float.
  */
+/** A bar's height unit from a decimal string: its digits to 6 places as a count of
+ * millionths (string arithmetic; the money string itself is never parsed as a float). */
+function magnitude(value) {
+  const match = /^(\d+)(?:\.(\d{0,6}))?/.exec(String(value ?? ""));
+  if (!match) return 0;
+  const millionths = `${match[1]}${(match[2] || "").padEnd(6, "0")}`.replace(/^0+(?=\d)/, "");
+  return Math.min(Number.MAX_SAFE_INTEGER, Number(millionths));
+}
+
 export function barChart(points, { title = "", width = 720, height = 220 } = {}) {
   const pad = { top: 12, right: 8, bottom: 28, left: 8 };
   const root = svg("svg", {
@@ -22,7 +31,7 @@ export function barChart(points, { title = "", width = 720, height = 220 } = {})
     "aria-label": title, preserveAspectRatio: "none",
   });
   root.append(svg("title", {}, title));
-  const magnitudes = points.map((p) => Math.max(0, Number.parseFloat(p.value) || 0));
+  const magnitudes = points.map((p) => magnitude(p.value));
   const max = Math.max(...magnitudes, 0);
   const plotW = width - pad.left - pad.right;
   const plotH = height - pad.top - pad.bottom;

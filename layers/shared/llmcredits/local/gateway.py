@@ -334,7 +334,7 @@ def policy_allows(policy: Any, arn: str) -> bool:
 @dataclass
 class _CachedAnswer:
     answer: dict[str, Any]
-    expires: float
+    expires: Seconds
 
 
 class LambdaAuthorizer:

@@ -31,6 +31,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 from llmcredits.local import issuer as local_issuer
 from llmcredits.local.template import LOCAL_JWT_AUDIENCE
+from llmcredits.units import Seconds
 
 AUTHORIZE_PATH = "/oidc/authorize"
 TOKEN_PATH = "/oidc/token"  # noqa: S105 - a path, not a secret
@@ -79,7 +80,7 @@ class PendingCode:
     challenge: str
     sub: str
     admin: bool
-    expires: float
+    expires: Seconds
 
 
 class LoginError(Exception):
