@@ -599,19 +599,8 @@ class DynamoLedgerStore:
         self.transact(items, operation_token("stamp", entry.id))
 
     def settlements_recorded_before(self, cutoff: str) -> list[Hold]:
-        return [
-            hold_from_item(item)
-            for shard in range(HOLD_SHARDS)
-            for item in all_items(
-                self._client,
-                "query",
-                TableName=self._table,
-                IndexName=HOLDS_INDEX,
-                KeyConditionExpression="hold_shard = :s AND hold_created_at < :cutoff",
-                FilterExpression="attribute_exists(settlement)",
-                ExpressionAttributeValues=to_item({":s": f"HOLDS#{shard}", ":cutoff": cutoff}),
-            )
-        ]
+        """Holds older than ``cutoff`` whose answer is recorded (the settle worker's work)."""
+        return self._holds_before(cutoff, FilterExpression="attribute_exists(settlement)")
 
     # -- chat responses kept for an Idempotency-Key ------------------------------------
 
@@ -849,7 +838,11 @@ class DynamoLedgerStore:
         return hold_from_item(item) if item else None
 
     def holds_created_before(self, cutoff: str) -> list[Hold]:
-        """Open holds older than ``cutoff``, from every shard of the HoldsByAge index."""
+        """Open holds older than ``cutoff``."""
+        return self._holds_before(cutoff)
+
+    def _holds_before(self, cutoff: str, **query: Any) -> list[Hold]:
+        """Holds older than ``cutoff``, from every shard of the HoldsByAge index."""
         return [
             hold_from_item(item)
             for shard in range(HOLD_SHARDS)
@@ -860,6 +853,7 @@ class DynamoLedgerStore:
                 IndexName=HOLDS_INDEX,
                 KeyConditionExpression="hold_shard = :s AND hold_created_at < :cutoff",
                 ExpressionAttributeValues=to_item({":s": f"HOLDS#{shard}", ":cutoff": cutoff}),
+                **query,
             )
         ]
 
