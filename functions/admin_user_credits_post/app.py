@@ -17,8 +17,10 @@ app = make_app()
     f"{API_PREFIX}/admin/users/<user_id>/credits",
     summary="Grant credits",
     tags=["admin"],
-    description="Adds a positive amount to the user's balance with one ledger entry (the "
-    "account is created if the user never called the API). A retry with the same "
+    description="Adds a positive amount to the user's balance with one ledger entry and "
+    "one lot (the account is created if the user never called the API). The lot expires "
+    "at `expires_at` or `expires_in_days` from now (one of them; default never). A retry "
+    "with the same "
     "Idempotency-Key returns the first result (header Idempotent-Replayed: true) and "
     "changes nothing.",
     responses={
@@ -40,6 +42,8 @@ def admin_grant(
         body.reason,
         actor=who.user_id,
         idempotency_key=idempotency_key,
+        expires_at=body.expires_at,
+        expires_in_days=body.expires_in_days,
     )
     headers = {"Idempotent-Replayed": "true"} if result.replayed else None
     return json_response(result.status, result.body, headers)

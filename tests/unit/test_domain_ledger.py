@@ -7,6 +7,7 @@ from decimal import Decimal
 import pytest
 from llmcredits.domain.ledger import (
     Account,
+    LotSource,
     month_of,
     plan_clawback,
     plan_credit,
@@ -56,7 +57,7 @@ def test_clawback_may_go_negative_but_usage_may_not():
     a = account(balance=D("1"), available=D("1"))
     assert plan_clawback(a, D("5")).balance_after == D("-4")
     with pytest.raises(ValueError):
-        plan_credit(a, D("0"))
+        plan_credit(a, D("0"), lot_id="l", created_at="t", source=LotSource.BONUS)
 
 
 def test_month_rollover_restarts_spend_but_keeps_holds():

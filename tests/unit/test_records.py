@@ -35,6 +35,9 @@ class NoProvider:
     def verify_webhook(self, payload: str, signature: str | None) -> dict[str, Any]:
         raise AssertionError("tests call apply_event")
 
+    def receipt_url(self, payment_intent: str) -> str | None:
+        return f"https://pay.stripe.test/receipts/{payment_intent}"
+
 
 class StaleRecords:
     """A LedgerService whose ``get_record`` can answer once with an earlier read: the

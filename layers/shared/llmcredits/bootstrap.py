@@ -12,6 +12,7 @@ import boto3
 
 from llmcredits.dal.aws import dynamodb_client, table_name
 from llmcredits.dal.dynamodb_ledger import DynamoLedgerStore
+from llmcredits.domain.ledger import Tier
 from llmcredits.services.ledger import LedgerService
 
 if TYPE_CHECKING:
@@ -31,7 +32,16 @@ if TYPE_CHECKING:
 
 @cache
 def ledger_service() -> LedgerService:
-    return LedgerService(DynamoLedgerStore(dynamodb_client(), table_name()))
+    return LedgerService(DynamoLedgerStore(dynamodb_client(), table_name()),
+                         promotion=tier_promotion)
+
+
+def tier_promotion() -> tuple[tuple[Tier, Decimal], ...]:
+    """The catalog's promotion thresholds, read on a paid credit only (functions that
+    never take payments do not load the catalog)."""
+    from llmcredits.domain.pricing import catalog
+
+    return catalog().promotion_thresholds()
 
 
 @cache

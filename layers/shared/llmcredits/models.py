@@ -5,7 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
 from llmcredits.money import MoneyError, parse_money
 
@@ -65,6 +65,19 @@ class HealthResponse(ApiModel):
     version: str
 
 
+LotSourceName = Literal["purchase", "auto_topup", "bonus", "refund", "adjustment",
+                        "reinstatement", "migrated"]
+
+
+class LotOut(ApiModel):
+    amount: MoneyOut = Field(description="Credited")
+    remaining: MoneyOut = Field(description="Not spent yet (usage spends the soonest-"
+                                "expiring lot first, lots without expiry last)")
+    source: LotSourceName = Field(description="migrated: the balance from before lots")
+    expires_at: str | None = Field(description="UTC; null: never expires",
+                                   examples=["2026-12-31T00:00:00.000000Z"])
+
+
 class CreditsResponse(ApiModel):
     user_id: str
     balance: MoneyOut
@@ -75,6 +88,7 @@ class CreditsResponse(ApiModel):
     month: str = Field(examples=["2026-11"])
     month_spent: MoneyOut
     created_at: str
+    lots: list[LotOut] = Field(description="Lots with credits left, in spending order")
 
 
 class MonthlyCapRequest(Strict):
@@ -94,6 +108,8 @@ class LedgerEntryOut(ApiModel):
     tokens: int | None
     cost: MoneyOut | None
     key_id: str | None = Field(default=None, description="The API key that made this usage")
+    receipt_url: str | None = Field(default=None,
+                                    description="A purchase's receipt (Stripe)")
     metadata: dict[str, Any]
 
 
@@ -106,6 +122,12 @@ class AdminGrantRequest(Strict):
     amount: PositiveMoney
     type: GrantType = "bonus"
     reason: str = Field(default="", max_length=500)
+    expires_at: AwareDatetime | None = Field(
+        default=None, description="ISO 8601 with a time zone: the granted lot expires then "
+        "(what is left of it leaves the balance as an expiry entry). Default: never.",
+        examples=["2026-12-31T00:00:00Z"])
+    expires_in_days: int | None = Field(
+        default=None, ge=1, le=3650, description="Instead of expires_at: days from now")
 
 
 class AdminGrantResponse(ApiModel):

@@ -4,8 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from llmcredits.domain.ledger import Account, LedgerEntry
+from llmcredits.domain.ledger import Account, LedgerEntry, Lot
 from llmcredits.money import format_money
+
+
+def lot_view(lot: Lot) -> dict[str, Any]:
+    return {
+        "amount": format_money(lot.amount),
+        "remaining": format_money(lot.remaining),
+        "source": lot.source.value,
+        "expires_at": lot.expires_at,
+    }
 
 
 def account_view(account: Account) -> dict[str, Any]:
@@ -19,6 +28,7 @@ def account_view(account: Account) -> dict[str, Any]:
         "month": account.month,
         "month_spent": format_money(account.month_spent),
         "created_at": account.created_at,
+        "lots": [lot_view(lot) for lot in account.current_lots],
     }
 
 
@@ -34,5 +44,6 @@ def entry_view(entry: LedgerEntry) -> dict[str, Any]:
         "tokens": entry.tokens,
         "cost": None if entry.cost is None else format_money(entry.cost),
         "key_id": entry.key_id,
+        "receipt_url": entry.receipt_url,
         "metadata": entry.metadata,
     }

@@ -12,6 +12,13 @@ Keys (one partition per user, so each money change is one TransactWriteItems):
 Index HistoryByType (type_pk = USER#<id>#TYPE#<type>, SK): one user's entries of one type,
 newest first, so a filtered history page is one Query whatever lies between matches.
 
+Index LotsByExpiry (lot_shard = LOTS#<n>, next_expiry; keys only): accounts that hold a
+lot with an expiry, by the soonest one, so the expiry job and the expiring-lots query
+read only those accounts. Sparse: set and removed by every rewrite of the lot list.
+The account's ``lots`` (a list of maps), ``lot_draw`` and ``lots_version`` are
+described in ``llmcredits.domain.ledger``; an account item without ``lots`` is from
+before lots and reads as one non-expiring lot (``migrated_lots``).
+
 Settles carry no guard on the balance. The account update records the exact balance it
 produced in an attribute named for the entry (``ba_<entry id>`` = balance + delta, which
 DynamoDB evaluates on the value the update itself changes); after the commit that value
@@ -20,6 +27,7 @@ is copied onto the entry and the attribute removed, in one more transaction (``s
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import time
@@ -39,11 +47,14 @@ from llmcredits.domain.ledger import (
     Hold,
     IdempotencyClaim,
     LedgerEntry,
+    Lot,
+    LotSource,
     Mutation,
     RecordWrite,
     Settlement,
     Tier,
     hold_charged_record,
+    migrated_lots,
     operation_token,
     settlement_entry,
 )
@@ -68,6 +79,8 @@ HOLD_SHARDS = 8
 HOLDS_INDEX = "HoldsByAge"
 IDEMPOTENCY_TTL_SECONDS = 24 * 3600
 HISTORY_INDEX = "HistoryByType"
+LOTS_INDEX = "LotsByExpiry"
+LOT_SHARDS = 8
 BALANCE_AFTER_PREFIX = "ba_"
 RESPONSE_SCOPE = "chat"
 # A transaction whose outcome is unknown (timeout, 5xx, throttling after botocore's own
@@ -122,8 +135,32 @@ def from_item(item: dict[str, Any]) -> dict[str, Any]:
     return {k: _deserializer.deserialize(v) for k, v in item.items()}
 
 
+def lot_shard(user_id: str) -> str:
+    digest = hashlib.sha256(user_id.encode()).hexdigest()
+    return f"LOTS#{int(digest[:8], 16) % LOT_SHARDS}"
+
+
+def lot_to_map(lot: Lot) -> dict[str, Any]:
+    values: dict[str, Any] = {"id": lot.id, "amount": lot.amount, "remaining": lot.remaining,
+                              "source": lot.source.value, "created_at": lot.created_at}
+    if lot.expires_at is not None:
+        values["expires_at"] = lot.expires_at
+    return values
+
+
+def lot_from_map(data: dict[str, Any]) -> Lot:
+    return Lot(id=data["id"], amount=data["amount"], remaining=data["remaining"],
+               source=LotSource(data["source"]), created_at=data["created_at"],
+               expires_at=data.get("expires_at"))
+
+
 def account_from_item(item: dict[str, Any]) -> Account:
     data = from_item(item)
+    draw = data.get("lot_draw", Decimal(0))
+    if "lots" in data:
+        lots = tuple(lot_from_map(x) for x in data["lots"])
+    else:  # an account from before lots
+        lots, draw = migrated_lots(data["balance"], draw, data.get("created_at", ""))
     return Account(
         user_id=data["user_id"],
         balance=data["balance"],
@@ -138,6 +175,10 @@ def account_from_item(item: dict[str, Any]) -> Account:
         flags=frozenset(data.get("flags", ())),
         rate_window=int(data.get("rate_window", 0)),
         rate_count=int(data.get("rate_count", 0)),
+        lots=lots,
+        lot_draw=draw,
+        lots_version=int(data.get("lots_version", 0)),
+        paid_total=data.get("paid_total", Decimal(0)),
     )
 
 
@@ -211,6 +252,7 @@ def entry_to_item(entry: LedgerEntry) -> dict[str, Any]:
             "cost": entry.cost,
             "metadata": json.dumps(entry.metadata, sort_keys=True, default=str),
             "key_id": entry.key_id,
+            "receipt_url": entry.receipt_url,
         }
     )
 
@@ -231,6 +273,7 @@ def entry_from_item(item: dict[str, Any]) -> LedgerEntry:
         cost=data.get("cost"),
         metadata=json.loads(data.get("metadata") or "{}"),
         key_id=data.get("key_id"),
+        receipt_url=data.get("receipt_url"),
     )
 
 
@@ -272,6 +315,10 @@ class DynamoLedgerStore:
                         "month_spent": account.month_spent,
                         "created_at": account.created_at,
                         "updated_at": account.updated_at,
+                        "lots": [lot_to_map(lot) for lot in account.lots],
+                        "lot_draw": account.lot_draw,
+                        "lots_version": account.lots_version,
+                        "paid_total": account.paid_total,
                     }
                 ),
                 ConditionExpression="attribute_not_exists(PK)",
@@ -720,16 +767,60 @@ class DynamoLedgerStore:
                 conditions.append("(attribute_not_exists(rate_window) OR rate_window < :rw)")
                 sets.append("rate_window = :rw, rate_count = :one")
                 values[":one"] = 1
+        removes = self._lots_update(user_id, mutation, sets, conditions, values)
         sets.append("updated_at = :now")
         values[":now"] = now
+        update = "SET " + ", ".join(sets) + (" REMOVE " + ", ".join(removes) if removes else "")
         return {
             "TableName": self._table,
             "Key": to_item({"PK": user_pk(user_id), "SK": ACCOUNT_SK}),
-            "UpdateExpression": "SET " + ", ".join(sets),
+            "UpdateExpression": update,
             "ConditionExpression": " AND ".join(conditions),
             "ExpressionAttributeNames": names,
             "ExpressionAttributeValues": to_item(values),
         }
+
+    @staticmethod
+    def _lots_update(
+        user_id: str, mutation: Mutation, sets: list[str], conditions: list[str],
+        values: dict[str, Any],
+    ) -> list[str]:
+        """The lots, draw, paid total and tier part of an account update; returns the
+        attributes to REMOVE."""
+        removes: list[str] = []
+        write = mutation.lots
+        if write is not None:
+            # A list rewritten since the read (another guarded change) fails the write.
+            version = "lots_version = :lv"
+            conditions.append(f"(attribute_not_exists(lots_version) OR {version})"
+                              if write.version == 0 else version)
+            values[":lv"] = write.version
+            values[":lvn"] = write.version + 1
+            values[":lots"] = [lot_to_map(lot) for lot in write.lots]
+            values[":ldraw"] = write.draw
+            sets.extend(["lots = :lots", "lot_draw = :ldraw", "lots_version = :lvn"])
+            if write.next_expiry is not None:
+                sets.extend(["next_expiry = :nx", "lot_shard = :ls"])
+                values[":nx"] = write.next_expiry
+                values[":ls"] = lot_shard(user_id)
+            else:
+                removes.extend(["next_expiry", "lot_shard"])
+        elif mutation.draw_delta:
+            sets.append("lot_draw = if_not_exists(lot_draw, :zero) + :dd")
+            values[":dd"] = mutation.draw_delta
+            values[":zero"] = Decimal(0)
+        if mutation.paid_delta:
+            sets.append("paid_total = if_not_exists(paid_total, :pzero) + :pd")
+            values[":pd"] = mutation.paid_delta
+            values[":pzero"] = Decimal(0)
+        if mutation.tier_change is not None:
+            before, after = mutation.tier_change
+            # An operator's change of the tier since the read wins (re-read, re-plan).
+            conditions.append("tier = :tier_before")
+            sets.append("tier = :tier_after")
+            values[":tier_before"] = before.value
+            values[":tier_after"] = after.value
+        return removes
 
     def get_idempotent_result(self, user_id: str, claim: IdempotencyClaim) -> StoredResult | None:
         resp = self._client.get_item(
@@ -856,6 +947,35 @@ class DynamoLedgerStore:
                 **query,
             )
         ]
+
+    def accounts_with_expiry_before(self, cutoff: str, *, inclusive: bool = False) -> list[str]:
+        """Users whose soonest lot expiry is before ``cutoff`` (or at it, ``inclusive``),
+        from every shard of the LotsByExpiry index (eventually consistent: the caller
+        reads each account again)."""
+        op = "<=" if inclusive else "<"
+        return [
+            from_item(item)["PK"].removeprefix("USER#")
+            for shard in range(LOT_SHARDS)
+            for item in all_items(
+                self._client,
+                "query",
+                TableName=self._table,
+                IndexName=LOTS_INDEX,
+                KeyConditionExpression=f"lot_shard = :s AND next_expiry {op} :cutoff",
+                ExpressionAttributeValues=to_item({":s": f"LOTS#{shard}", ":cutoff": cutoff}),
+            )
+        ]
+
+    def open_holds(self, user_id: str) -> list[Hold]:
+        items = all_items(
+            self._client,
+            "query",
+            TableName=self._table,
+            KeyConditionExpression="PK = :pk AND begins_with(SK, :prefix)",
+            ExpressionAttributeValues=to_item({":pk": user_pk(user_id), ":prefix": HOLD_PREFIX}),
+            ConsistentRead=True,
+        )
+        return [hold_from_item(item) for item in items]
 
     def sum_open_holds(self, user_id: str) -> Decimal:
         items = all_items(

@@ -146,6 +146,24 @@ class StripeCheckout:
             raise CheckoutUnavailable("Stripe returned a session without a checkout URL.")
         return CheckoutSession(id=str(session.id), url=str(session.url))
 
+    def receipt_url(self, payment_intent: str) -> str | None:
+        """``latest_charge.receipt_url`` of the PaymentIntent, expanded in one retrieve.
+        Any failure (Stripe down, no key configured) is logged and answered None: the
+        purchase is credited without a receipt link rather than not at all."""
+        import stripe
+
+        try:
+            intent = self._stripe().v1.payment_intents.retrieve(
+                payment_intent, params={"expand": ["latest_charge"]})
+        except (stripe.StripeError, PaymentsNotConfigured) as exc:
+            log.warning("stripe receipt lookup failed",
+                        extra={"payment_intent": payment_intent,
+                               "stripe_error": type(exc).__name__})
+            return None
+        charge = intent.to_dict().get("latest_charge")
+        url = charge.get("receipt_url") if isinstance(charge, dict) else None
+        return url if isinstance(url, str) and url.startswith(("https://", "http://")) else None
+
     def _stripe(self) -> Any:
         import stripe
 

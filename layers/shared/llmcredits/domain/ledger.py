@@ -5,12 +5,24 @@ derived. ``available`` is stored because DynamoDB conditions cannot do arithmeti
 "available >= :amount" is the one condition that keeps usage from overdrawing under
 any concurrency. For the same reason a capped account stores ``cap_headroom``
 (= monthly_cap - month_spent - holds this month).
+
+Lots (DESIGN section 7). Every credit is a lot (amount, source, optional expiry); usage
+spends the soonest-expiring lot first, lots without expiry last. A settle carries no
+guard on the balance (concurrent settles of one account must not collide), so it does
+not rewrite lots: it adds its charge to one counter, ``lot_draw``, and a lot's
+remaining is *derived*: the stored remainders with ``lot_draw`` consumed in spending
+order. Guarded changes (credits, clawbacks, adjustments, expiry) materialize that view
+(stored remainders minus the draw, counter back to what no lot covers) and write the
+whole list under ``lots_version``. So ``balance == sum(stored remaining) - lot_draw``
+after every change, and, while the balance is positive, the sum of the derived
+remainders is the balance (reconcile checks it).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -42,6 +54,111 @@ class EntryType(StrEnum):
 # What an operator may grant through the admin route.
 GRANT_TYPES = (EntryType.BONUS, EntryType.REFUND, EntryType.ADJUSTMENT)
 
+#: Tiers from lowest to highest (promotion only ever moves up this list).
+TIER_ORDER = (Tier.FREE, Tier.STARTER, Tier.PROFESSIONAL, Tier.ENTERPRISE)
+
+
+class LotSource(StrEnum):
+    """Where a lot of credits came from."""
+
+    PURCHASE = "purchase"
+    AUTO_TOPUP = "auto_topup"
+    BONUS = "bonus"
+    REFUND = "refund"
+    ADJUSTMENT = "adjustment"
+    REINSTATEMENT = "reinstatement"  # a clawback given back (a dispute won)
+    MIGRATED = "migrated"  # the balance of an account from before lots existed
+
+
+#: Lots paid for: they count towards the cumulative paid amount (tier promotion).
+PAID_SOURCES = frozenset({LotSource.PURCHASE, LotSource.AUTO_TOPUP})
+#: The id of the implicit lot of an account from before lots (never stored as such).
+MIGRATED_LOT_ID = "migrated"
+
+
+@dataclass(frozen=True)
+class Lot:
+    """Credits from one credit entry (``id`` is that entry's id).
+
+    ``remaining``: as stored at the last guarded change, or as derived (``current_lots``)
+    once the account's ``lot_draw`` is consumed. ``expires_at``: a ``timestamp()``
+    string, or None for credits that never expire."""
+
+    id: str
+    amount: Decimal
+    remaining: Decimal
+    source: LotSource
+    created_at: str
+    expires_at: str | None = None
+
+    def due(self, now: str) -> bool:
+        return self.expires_at is not None and self.expires_at <= now
+
+
+def spending_order(lot: Lot) -> tuple[bool, str, str, str]:
+    """Soonest expiry first, lots without expiry last; ties oldest first."""
+    return (lot.expires_at is None, lot.expires_at or "", lot.created_at, lot.id)
+
+
+def drawn(lots: Iterable[Lot], draw: Decimal) -> tuple[tuple[Lot, ...], Decimal]:
+    """``lots`` (in spending order) after ``draw`` is taken from them in that order, and
+    what no lot covered (> 0 only when the balance is negative)."""
+    left = draw
+    out = []
+    for lot in sorted(lots, key=spending_order):
+        take = min(lot.remaining, max(left, ZERO))
+        left -= take
+        out.append(replace(lot, remaining=lot.remaining - take))
+    return tuple(out), left
+
+
+def migrated_lots(balance: Decimal, draw: Decimal, created_at: str) -> tuple[
+        tuple[Lot, ...], Decimal]:
+    """Stored lots and draw of an account from before lots: its balance (plus what has
+    been drawn since) as one non-expiring lot; a negative balance as a draw no lot
+    covers. Either way balance == sum(remaining) - draw."""
+    base = balance + draw
+    if base <= ZERO:
+        return (), -balance
+    lot = Lot(id=MIGRATED_LOT_ID, amount=base, remaining=base, source=LotSource.MIGRATED,
+              created_at=created_at)
+    return (lot,), draw
+
+
+@dataclass(frozen=True)
+class LotsWrite:
+    """The account's whole lot list after a guarded change.
+
+    The write requires ``lots_version`` to still be ``version`` (and sets version + 1),
+    so two guarded changes never both build on one list."""
+
+    version: int
+    lots: tuple[Lot, ...]
+    draw: Decimal
+
+    @property
+    def next_expiry(self) -> str | None:
+        """The soonest expiry of a lot with something left (what the expiry job and the
+        expiring-lots query look up by); None: nothing here can expire."""
+        dates = [lot.expires_at for lot in self.lots
+                 if lot.expires_at is not None and lot.remaining > ZERO]
+        return min(dates) if dates else None
+
+
+def promoted_tier(
+    tier: Tier, paid_before: Decimal, paid_after: Decimal,
+    thresholds: Sequence[tuple[Tier, Decimal]],
+) -> Tier:
+    """The tier after the cumulative paid amount moves from ``paid_before`` to
+    ``paid_after``: the highest tier whose threshold this payment reaches (crossing it
+    now, so an operator's lower tier stays until the next threshold), never lower."""
+    best = tier
+    for candidate, threshold in thresholds:
+        crossed = paid_before < threshold <= paid_after
+        if crossed and TIER_ORDER.index(candidate) > TIER_ORDER.index(best):
+            best = candidate
+    return best
+
 
 def month_of(now: datetime) -> str:
     """The UTC calendar month an amount of spend belongs to, e.g. "2026-11"."""
@@ -68,10 +185,26 @@ class Account:
     flags: frozenset[str] = field(default_factory=frozenset)
     rate_window: int = 0
     rate_count: int = 0
+    # Lots as stored at the last guarded change, the draw since, and the list's version.
+    lots: tuple[Lot, ...] = ()
+    lot_draw: Decimal = ZERO
+    lots_version: int = 0
+    paid_total: Decimal = ZERO  # cumulative paid amount (purchases and auto top-ups)
 
     @property
     def held(self) -> Decimal:
         return self.balance - self.available
+
+    @property
+    def current_lots(self) -> tuple[Lot, ...]:
+        """The lots with something left, remaining derived, in spending order."""
+        lots, _ = drawn(self.lots, self.lot_draw)
+        return tuple(lot for lot in lots if lot.remaining > ZERO)
+
+    def materialized(self) -> tuple[tuple[Lot, ...], Decimal]:
+        """The lots with the draw applied (spent lots dropped) and what no lot covers."""
+        lots, left = drawn(self.lots, self.lot_draw)
+        return tuple(lot for lot in lots if lot.remaining > ZERO), left
 
     @classmethod
     def new(cls, user_id: str, now: datetime) -> Account:
@@ -210,6 +343,13 @@ class Mutation:
     rate: RateGuard | None = None
     # Extra guarded item updates (e.g. an API key's spend) in the same transaction.
     extra: tuple[GuardedWrite, ...] = ()
+    # Lots: a guarded change rewrites the list (under its version); a settle only adds
+    # its charge to the draw counter (no guard). Every balance change does one of them.
+    lots: LotsWrite | None = None
+    draw_delta: Decimal = ZERO
+    paid_delta: Decimal = ZERO  # added to paid_total
+    # (tier read, tier after): promotion, written only if the tier is still the one read.
+    tier_change: tuple[Tier, Tier] | None = None
 
     @property
     def balance_after(self) -> Decimal:
@@ -218,16 +358,102 @@ class Mutation:
         return self.expected_balance + self.balance_delta
 
 
-def plan_credit(account: Account, amount: Decimal) -> Mutation:
-    """Money in (purchase, bonus, refund to the user, adjustment up): no limit applies."""
+def plan_credit(
+    account: Account,
+    amount: Decimal,
+    *,
+    lot_id: str,
+    created_at: str,
+    source: LotSource,
+    expires_at: str | None = None,
+    promotion: Sequence[tuple[Tier, Decimal]] = (),
+) -> Mutation:
+    """Money in (purchase, bonus, refund to the user, adjustment up): no limit applies.
+
+    The credit is a new lot; a paid one (``PAID_SOURCES``) adds to the cumulative paid
+    amount and may promote the tier (``promotion``: (tier, paid threshold) pairs)."""
     if amount <= ZERO:
         raise ValueError("a credit must be positive")
+    if expires_at is not None and expires_at <= created_at:
+        raise ValueError("a lot must expire after it is credited")
+    lots, uncovered = account.materialized()
+    new = Lot(id=lot_id, amount=amount, remaining=amount, source=source,
+              created_at=created_at, expires_at=expires_at)
+    # What no lot covered (a negative balance) is taken from the new lot at once.
+    after, left = drawn((*lots, new), uncovered)
+    paid = amount if source in PAID_SOURCES else ZERO
+    tier = promoted_tier(account.tier, account.paid_total, account.paid_total + paid,
+                         promotion) if paid else account.tier
     return Mutation(
         month=account.month,
         balance_delta=amount,
         available_delta=amount,
         expected_balance=account.balance,
+        lots=LotsWrite(account.lots_version, _kept(after), left),
+        paid_delta=paid,
+        tier_change=(account.tier, tier) if tier != account.tier else None,
     )
+
+
+def _kept(lots: Iterable[Lot]) -> tuple[Lot, ...]:
+    return tuple(lot for lot in lots if lot.remaining > ZERO)
+
+
+def taken_last_first(account: Account, amount: Decimal) -> LotsWrite:
+    """The lots after ``amount`` leaves them from the end of the spending order
+    (non-expiring first, then the latest expiry): money taken back (a refund or dispute
+    of a purchase, an operator's correction) never turns an expiring bonus into credits
+    that stay; what no lot covers becomes draw (a negative balance)."""
+    lots, uncovered = account.materialized()
+    left = amount
+    out = []
+    for lot in sorted(lots, key=spending_order, reverse=True):
+        take = min(lot.remaining, left)
+        left -= take
+        out.append(replace(lot, remaining=lot.remaining - take))
+    return LotsWrite(account.lots_version, _kept(sorted(out, key=spending_order)),
+                     uncovered + left)
+
+
+def plan_expiry(account: Account, lot_id: str, now: str) -> Mutation:
+    """Remove what is left of the due lot ``lot_id``: it leaves the balance and
+    ``available`` (which must stay >= 0: the write checks it). Raises LotNotDue when the
+    lot is gone (expired or spent already) or not due; LotReserved when open holds
+    reserve part of it (it stays spendable until they settle)."""
+    lots, uncovered = account.materialized()
+    lot = next((x for x in lots if x.id == lot_id), None)
+    if lot is None or not lot.due(now):
+        raise LotNotDue(lot_id)
+    if account.available < lot.remaining:
+        raise LotReserved(lot_id)
+    return Mutation(
+        month=account.month,
+        balance_delta=-lot.remaining,
+        available_delta=-lot.remaining,
+        expected_balance=account.balance,
+        require_available=lot.remaining,
+        lots=LotsWrite(account.lots_version, tuple(x for x in lots if x.id != lot_id),
+                       uncovered),
+    )
+
+
+def plan_lots_tidy(account: Account) -> Mutation:
+    """No money moves: spent lots are dropped and the soonest expiry recomputed (the
+    expiry job found an account whose due lot was spent by usage meanwhile)."""
+    lots, uncovered = account.materialized()
+    return Mutation(
+        month=account.month,
+        expected_balance=account.balance,
+        lots=LotsWrite(account.lots_version, lots, uncovered),
+    )
+
+
+class LotNotDue(Exception):
+    """The lot to expire is gone (expired or spent already) or not due yet."""
+
+
+class LotReserved(Exception):
+    """Expiring the lot now would take ``available`` below zero: holds reserve it."""
 
 
 def plan_clawback(account: Account, amount: Decimal) -> Mutation:
@@ -242,6 +468,7 @@ def plan_clawback(account: Account, amount: Decimal) -> Mutation:
         balance_delta=-amount,
         available_delta=-amount,
         expected_balance=account.balance,
+        lots=taken_last_first(account, amount),
     )
 
 
@@ -268,6 +495,7 @@ def plan_adjustment_debit(
         available_delta=-amount,
         expected_balance=account.balance,
         require_available=None if allow_negative else amount,
+        lots=taken_last_first(account, amount),
     )
 
 
@@ -287,6 +515,7 @@ def plan_usage_debit(account: Account, amount: Decimal) -> Mutation:
         require_available=amount,
         require_headroom=amount if capped else None,
         capped=capped,
+        draw_delta=amount,  # spent from the lots in spending order
     )
 
 
@@ -453,6 +682,7 @@ def plan_settle(
         headroom_delta=hold.amount - cost if capped else ZERO,
         capped=capped,
         extra=extra,
+        draw_delta=cost,  # no guard: the lots' remainders are derived from the draw
     )
 
 
@@ -485,6 +715,7 @@ class LedgerEntry:
     cost: Decimal | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     key_id: str | None = None  # usage made with an API key
+    receipt_url: str | None = None  # a purchase's receipt at the payment provider
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from llmcredits.domain.ledger import Tier
 from llmcredits.errors import Forbidden, InvalidRequest
 from llmcredits.money import ZERO, quantize
 
@@ -75,6 +76,9 @@ class TierPolicy:
     markup: Decimal
     power_levels: tuple[str, ...]
     rate_limit_per_minute: int
+    # A purchase that takes the cumulative paid amount to this promotes an account to
+    # this tier (None: never automatically, e.g. enterprise).
+    promote_after_paid: Decimal | None = None
 
 
 @dataclass(frozen=True)
@@ -205,6 +209,11 @@ class Catalog:
                  if low == wanted or low.endswith("/" + wanted.lstrip("/"))]
         close = difflib.get_close_matches(wanted, list(by_lower), n=limit, cutoff=0.6)
         return list(dict.fromkeys([*tails, *(by_lower[c] for c in close)]))[:limit]
+
+    def promotion_thresholds(self) -> tuple[tuple[Tier, Decimal], ...]:
+        """(tier, cumulative paid amount that promotes to it), lowest first."""
+        return tuple(sorted(((Tier(t.name), t.promote_after_paid) for t in self.tiers.values()
+                             if t.promote_after_paid is not None), key=lambda pair: pair[1]))
 
     def markup(self, tier: str) -> Decimal:
         return self.tier(tier).markup
@@ -512,6 +521,8 @@ def _build(data: Mapping[str, Any]) -> Catalog:
             power_levels=tuple(t["power_levels"]),
             rate_limit_per_minute=_positive_int(t["rate_limit_per_minute"],
                                                 f"tiers.{name}.rate_limit_per_minute"),
+            promote_after_paid=None if t.get("promote_after_paid") is None else _decimal(
+                t["promote_after_paid"], f"tiers.{name}.promote_after_paid"),
         )
     created = int(data.get("created", 0))
     models: dict[str, Model] = {}

@@ -15,6 +15,9 @@ Stripe's API as our adapter (``llmcredits.dal.stripe_checkout``) uses it:
   successful creations are saved (Stripe does not save requests that failed validation).
 * ``GET /v1/checkout/sessions/<id>``: the session as it is now.
 * ``POST /v1/refunds`` (``payment_intent``, optional ``amount``): refunds as below.
+* ``GET /v1/payment_intents/<id>`` (``expand[]=latest_charge``): a paid session's
+  PaymentIntent; its charge carries a ``receipt_url`` (this server's ``/receipts/<ch>``,
+  a plain page), which the webhook path records on the purchase entry.
 
 Stand-in pages (no API key; what a buyer's browser or a developer's curl does):
 
@@ -558,6 +561,8 @@ class DevStripe(StandIn):
                 return 200, copy.deepcopy(found), {}
         if req.method == "POST" and path == "/v1/refunds":
             return 200, self._refund_by_payment_intent(req.form), {}
+        if req.method == "GET" and path.startswith("/v1/payment_intents/"):
+            return 200, self._payment_intent(path.rsplit("/", 1)[1], req.query), {}
         raise DevStripeError(404, stripe_error(
             "invalid_request_error", f"Unrecognized request URL ({req.method}: {req.path})."))
 
@@ -613,6 +618,25 @@ class DevStripe(StandIn):
         )
         session["url"] = self.pay_url(session["id"])
         return session
+
+    def receipt_url(self, charge_id: str) -> str:
+        return f"{self.url}/receipts/{charge_id}"
+
+    def _payment_intent(self, pi: str, query: dict[str, str]) -> dict[str, Any]:
+        with self._lock:
+            paid = next((p for p in self._payments.values() if p.payment_intent == pi), None)
+            if paid is None:
+                raise _missing("payment_intent", pi)
+            amount = int(paid.completed_event["data"]["object"]["amount_total"])
+            refunded = paid.refunded
+        latest: Any = paid.charge_id
+        if "latest_charge" in query.values():  # expand[]=latest_charge (any index form)
+            latest = {**charge(payment_intent=pi, amount=amount, amount_refunded=refunded,
+                               charge_id=paid.charge_id),
+                      "receipt_url": self.receipt_url(paid.charge_id)}
+        return {"id": pi, "object": "payment_intent", "amount": amount,
+                "amount_received": amount, "currency": "usd", "status": "succeeded",
+                "latest_charge": latest, "livemode": False, "metadata": {}}
 
     def _refund_by_payment_intent(self, form: dict[str, str]) -> dict[str, Any]:
         pi = form.get("payment_intent") or ""
@@ -676,6 +700,9 @@ class _Handler(StandInHandler):
             elif method == "POST" and path.startswith("/dispute/"):
                 dp, delivery = stripe.open_dispute(path.removeprefix("/dispute/"))
                 self._json(200, {"dispute": dp, **_page(None, delivery)})
+            elif method == "GET" and path.startswith("/receipts/"):
+                self._json(200, {"object": "receipt", "charge": path.removeprefix("/receipts/"),
+                                 "note": "dev stand-in: no money moved"})
             elif method == "POST" and path.startswith("/refund/"):
                 amount = _cents(parse_qs(parts.query).get("amount", [None])[-1])
                 refund, delivery = stripe.refund(path.removeprefix("/refund/"), amount)

@@ -27,16 +27,24 @@ from llmcredits.domain.ledger import (
     Hold,
     IdempotencyClaim,
     LedgerEntry,
+    Lot,
+    LotNotDue,
+    LotReserved,
+    LotSource,
     Mutation,
+    PAID_SOURCES,
     RecordWrite,
     Settlement,
     Tier,
     fingerprint,
     hold_charged_record,
     month_of,
+    operation_token,
     plan_adjustment_debit,
     plan_clawback,
     plan_credit,
+    plan_expiry,
+    plan_lots_tidy,
     plan_release,
     plan_reserve,
     plan_settle,
@@ -126,16 +134,49 @@ class HistoryPage:
     next_cursor: str | None
 
 
+@dataclass(frozen=True)
+class ExpiringLot:
+    """A lot with something left that expires soon (``lots_expiring_before``)."""
+
+    user_id: str
+    lot: Lot
+
+
+@dataclass(frozen=True)
+class ExpiryReport:
+    """What one run of the expiry job did: entries written, lots left for a later run
+    (open holds reserve them), and accounts whose due lot was spent meanwhile."""
+
+    expired: list[LedgerEntry]
+    deferred: list[ExpiringLot]
+    tidied: int
+
+
+#: The (tier, cumulative paid threshold) pairs of the catalog, read on a paid credit.
+PromotionRule = Callable[[], Sequence[tuple[Tier, Decimal]]]
+
+# A grant's expiry: at most this far out, so a typo cannot make a lot that never goes.
+MAX_EXPIRY_DAYS = 3650
+LOT_SOURCE_OF_GRANT = {EntryType.BONUS: LotSource.BONUS, EntryType.REFUND: LotSource.REFUND,
+                       EntryType.ADJUSTMENT: LotSource.ADJUSTMENT}
+
+
+def no_promotion() -> Sequence[tuple[Tier, Decimal]]:
+    return ()
+
+
 class LedgerService:
     def __init__(
         self,
         store: LedgerStore,
         clock: Callable[[], datetime] = utcnow,
         sleep: Callable[[float], None] = time.sleep,
+        promotion: PromotionRule = no_promotion,
     ) -> None:
         self._store = store
         self._clock = clock
         self._sleep = sleep
+        self._promotion = promotion
 
     # -- accounts ---------------------------------------------------------------------
 
@@ -215,17 +256,58 @@ class LedgerService:
         reason: str,
         actor: str,
         idempotency_key: str | None = None,
+        *,
+        expires_at: datetime | None = None,
+        expires_in_days: int | None = None,
     ) -> ChangeResult:
-        """An operator's credit (bonus, refund, adjustment): one ledger entry, once per key."""
-        claim = grant_claim(user_id, amount, entry_type, reason, actor, idempotency_key)
+        """An operator's credit (bonus, refund, adjustment): one ledger entry and one lot,
+        once per key. The lot expires at ``expires_at`` or ``expires_in_days`` from now
+        (at most one of them; default never)."""
+        claim = grant_claim(user_id, amount, entry_type, reason, actor, idempotency_key,
+                            expires_at=expires_at, expires_in_days=expires_in_days)
+        if claim is not None:
+            earlier = self.earlier_result(user_id, claim)
+            if earlier is not None:  # a retry: its expiry was checked the first time
+                return earlier
+        expiry = self.grant_expiry(expires_at, expires_in_days)
+        source = LOT_SOURCE_OF_GRANT[entry_type]
+        metadata: dict[str, Any] = {"reason": reason, "by": actor}
+        if expiry is not None:
+            metadata["expires_at"] = expiry
         return self._change(
             user_id,
-            plan=lambda account: plan_credit(account, amount),
+            plan=lambda account, entry_id, now: plan_credit(
+                account, amount, lot_id=entry_id, created_at=now, source=source,
+                expires_at=expiry),
             entry_type=entry_type,
-            details={"metadata": {"reason": reason, "by": actor}},
+            details={"metadata": metadata},
             claim=claim,
             status=201,
         )
+
+    def grant_expiry(self, expires_at: datetime | None, expires_in_days: int | None
+                     ) -> str | None:
+        """The lot expiry of a grant, checked: in the future, within MAX_EXPIRY_DAYS."""
+        if expires_at is not None and expires_in_days is not None:
+            raise InvalidRequest("Give expires_at or expires_in_days, not both.",
+                                 param="expires_at")
+        now = self._clock()
+        if expires_in_days is not None:
+            if not 1 <= expires_in_days <= MAX_EXPIRY_DAYS:
+                raise InvalidRequest(f"expires_in_days must be 1..{MAX_EXPIRY_DAYS}.",
+                                     param="expires_in_days")
+            expires_at = now + timedelta(days=expires_in_days)
+        if expires_at is None:
+            return None
+        if expires_at.tzinfo is None:
+            raise InvalidRequest("expires_at needs a time zone (e.g. Z or +00:00).",
+                                 param="expires_at")
+        if expires_at <= now:
+            raise InvalidRequest("expires_at must be in the future.", param="expires_at")
+        if expires_at > now + timedelta(days=MAX_EXPIRY_DAYS):
+            raise InvalidRequest(f"expires_at must be within {MAX_EXPIRY_DAYS} days.",
+                                 param="expires_at")
+        return timestamp(expires_at)
 
     def debit_usage(
         self,
@@ -249,7 +331,7 @@ class LedgerService:
             )
         return self._change(
             user_id,
-            plan=lambda account: plan_usage_debit(account, amount),
+            plan=lambda account, _id, _now: plan_usage_debit(account, amount),
             entry_type=EntryType.USAGE,
             details={
                 "provider": provider,
@@ -270,17 +352,28 @@ class LedgerService:
         entry_type: EntryType,
         *,
         metadata: dict[str, Any],
+        source: LotSource,
+        expires_at: datetime | None = None,
+        receipt_url: str | None = None,
         records: Sequence[RecordWrite] = (),
     ) -> ChangeResult:
-        """Money in (e.g. a purchase) with bookkeeping records in the same transaction.
+        """Money in (a purchase, an auto top-up, a reinstatement) as a new lot from
+        ``source`` that expires at ``expires_at`` (None: never), with bookkeeping records
+        in the same transaction. A paid source (purchase, auto top-up) adds to the
+        cumulative paid amount and promotes the tier in that transaction when it crosses
+        a catalog threshold. ``receipt_url`` is kept on the entry (history shows it).
 
         Raises RecordConflict (nothing written) when a record's condition fails, e.g. the
         Stripe event was applied already."""
+        expiry = None if expires_at is None else timestamp(expires_at)
+        promotion = self._promotion() if source in PAID_SOURCES else ()
         return self._change(
             user_id,
-            plan=lambda account: plan_credit(account, amount),
+            plan=lambda account, entry_id, now: plan_credit(
+                account, amount, lot_id=entry_id, created_at=now, source=source,
+                expires_at=expiry, promotion=promotion),
             entry_type=entry_type,
-            details={"metadata": metadata},
+            details={"metadata": metadata, "receipt_url": receipt_url},
             claim=None,
             status=200,
             records=records,
@@ -298,7 +391,7 @@ class LedgerService:
         """Money taken back after a refund or dispute; may leave the balance negative."""
         return self._change(
             user_id,
-            plan=lambda account: plan_clawback(account, amount),
+            plan=lambda account, _id, _now: plan_clawback(account, amount),
             entry_type=entry_type,
             details={"metadata": metadata},
             claim=None,
@@ -327,7 +420,8 @@ class LedgerService:
             metadata["allow_negative"] = True
         return self._change(
             user_id,
-            plan=lambda account: plan_adjustment_debit(account, amount, allow_negative),
+            plan=lambda account, _id, _now: plan_adjustment_debit(account, amount,
+                                                                  allow_negative),
             entry_type=EntryType.ADJUSTMENT,
             details={"metadata": metadata},
             claim=claim,
@@ -337,7 +431,7 @@ class LedgerService:
     def _change(
         self,
         user_id: str,
-        plan: Callable[[Account], Mutation],
+        plan: Callable[[Account, str, str], Mutation],
         entry_type: EntryType,
         details: dict[str, Any],
         claim: IdempotencyClaim | None,
@@ -350,10 +444,11 @@ class LedgerService:
                 return self._replay(stored, claim)
         for attempt in range(MAX_ATTEMPTS):
             account = self.account(user_id)
-            mutation = plan(account)  # raises the 402s
             now = self._clock()
+            entry_id = uuid.uuid4().hex
+            mutation = plan(account, entry_id, timestamp(now))  # raises the 402s
             entry = LedgerEntry(
-                id=uuid.uuid4().hex,
+                id=entry_id,
                 user_id=user_id,
                 created_at=timestamp(now),
                 type=entry_type,
@@ -627,6 +722,95 @@ class LedgerService:
         return PendingReport(applied=applied, pending=pending, older_than_minute=old,
                              oldest_seconds=oldest)
 
+    # -- lots: expiry -------------------------------------------------------------------
+
+    def expire_due_lots(self) -> ExpiryReport:
+        """The expiry job: for each account with a due lot, remove what is left of it as
+        one ``expiry`` entry, in a conditional transaction like every other change (the
+        lot leaves the list in it, so a second run, or a concurrent one, finds nothing).
+
+        A lot that a hold open at its expiry time may still be charged against (a hold
+        created before ``expires_at``) is left spendable until those holds settle: the
+        settle draws from it first, and the next run expires what is left. Likewise
+        while expiring it would take ``available`` below zero (invariant 1)."""
+        now = timestamp(self._clock())
+        expired: list[LedgerEntry] = []
+        deferred: list[ExpiringLot] = []
+        tidied = 0
+        for user_id in dict.fromkeys(self._store.accounts_with_expiry_before(now,
+                                                                             inclusive=True)):
+            done, waiting, tidy = self.expire_lots_of(user_id)
+            expired.extend(done)
+            deferred.extend(ExpiringLot(user_id, lot) for lot in waiting)
+            tidied += tidy
+        return ExpiryReport(expired=expired, deferred=deferred, tidied=tidied)
+
+    def expire_lots_of(self, user_id: str) -> tuple[list[LedgerEntry], list[Lot], bool]:
+        """Expire ``user_id``'s due lots, soonest first: (entries, lots deferred, whether
+        the lot list was only tidied)."""
+        entries: list[LedgerEntry] = []
+        account = self.account(user_id)
+        now = timestamp(self._clock())
+        due = [lot for lot in account.current_lots if lot.due(now)]
+        if not due:
+            # The index said a lot was due but usage spent it: drop it, move the index on.
+            if account.lots != account.materialized()[0] or account.lot_draw:
+                self._tidy(account)
+                return entries, [], True
+            return entries, [], False
+        holds = self._store.open_holds(user_id)
+        for position, lot in enumerate(due):
+            assert lot.expires_at is not None
+            if any(hold.created_at < lot.expires_at for hold in holds):
+                return entries, due[position:], False
+            try:
+                result = self._change(
+                    user_id,
+                    plan=lambda acct, _id, at, lot_id=lot.id: plan_expiry(acct, lot_id, at),
+                    entry_type=EntryType.EXPIRY,
+                    details={"metadata": {"lot_id": lot.id, "lot_source": lot.source.value,
+                                          "lot_amount": format_money(lot.amount),
+                                          "expires_at": lot.expires_at}},
+                    claim=None,
+                    status=200,
+                )
+            except LotNotDue:
+                continue  # expired by a concurrent run, or spent meanwhile
+            except LotReserved:
+                log.info("due lot reserved by requests in flight; expiry deferred",
+                         extra={"user_id": user_id, "lot_id": lot.id})
+                return entries, due[position:], False
+            entries.append(entry_from_body(user_id, result.body))
+        return entries, [], False
+
+    def _tidy(self, account: Account) -> None:
+        for attempt in range(MAX_ATTEMPTS):
+            mutation = plan_lots_tidy(account)
+            try:
+                self._store.commit(
+                    account.user_id, mutation, None, timestamp(self._clock()),
+                    token=operation_token("lots-tidy", account.user_id,
+                                          str(account.lots_version)))
+                return
+            except StaleRead:
+                self._backoff(attempt)
+                account = self.account(account.user_id)
+        raise ContentionTimeout("The account is busy; retry.")
+
+    def lots_expiring_before(self, before: datetime) -> list[ExpiringLot]:
+        """Every lot with something left that expires before ``before`` (e.g. now + 7
+        days for the ``credits.expiring`` alert), remaining as of now, soonest first per
+        account. Reads only accounts the LotsByExpiry index lists."""
+        cutoff = timestamp(before)
+        found: list[ExpiringLot] = []
+        for user_id in dict.fromkeys(self._store.accounts_with_expiry_before(cutoff)):
+            account = self._store.get_account(user_id)
+            if account is None:
+                continue
+            found.extend(ExpiringLot(user_id, lot) for lot in account.current_lots
+                         if lot.expires_at is not None and lot.expires_at < cutoff)
+        return found
+
     # -- history ----------------------------------------------------------------------
 
     def history(
@@ -641,6 +825,16 @@ class LedgerService:
         )
         next_cursor = encode_cursor(user_id, page.last_key) if page.last_key else None
         return HistoryPage(page.entries, next_cursor)
+
+
+def entry_from_body(user_id: str, body: dict[str, Any]) -> LedgerEntry:
+    """The entry a change result carries (its wire view), back as a LedgerEntry."""
+    view = body["entry"]
+    return LedgerEntry(
+        id=view["id"], user_id=user_id, created_at=view["created_at"],
+        type=EntryType(view["type"]), amount=Decimal(view["amount"]),
+        balance_after=Decimal(view["balance_after"]), metadata=view["metadata"],
+    )
 
 
 def encode_cursor(user_id: str, key: str) -> str:
@@ -667,17 +861,23 @@ __all__ = ["ZERO", "ChangeResult", "HistoryPage", "LedgerService", "Settled"]
 
 def grant_claim(
     user_id: str, amount: Decimal, entry_type: EntryType, reason: str, actor: str,
-    idempotency_key: str | None,
+    idempotency_key: str | None, *, expires_at: datetime | None = None,
+    expires_in_days: int | None = None,
 ) -> IdempotencyClaim | None:
-    """The idempotency claim of an operator's grant (None without a key)."""
+    """The idempotency claim of an operator's grant (None without a key). The expiry
+    counts as sent (days, not the date they give), so a retry matches."""
     if not idempotency_key:
         return None
+    request: dict[str, Any] = {"user": user_id, "amount": str(amount),
+                               "type": entry_type.value, "reason": reason}
+    if expires_at is not None:
+        request["expires_at"] = timestamp(expires_at) if expires_at.tzinfo else str(expires_at)
+    if expires_in_days is not None:
+        request["expires_in_days"] = expires_in_days
     return IdempotencyClaim(
         scope=f"admin-grant#{actor}",
         key=idempotency_key,
-        fingerprint=fingerprint(
-            {"user": user_id, "amount": str(amount), "type": entry_type.value, "reason": reason}
-        ),
+        fingerprint=fingerprint(request),
     )
 
 

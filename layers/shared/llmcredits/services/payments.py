@@ -43,12 +43,12 @@ import os
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol
 from urllib.parse import SplitResult, urlsplit
 
-from llmcredits.domain.ledger import EntryType, RecordWrite, timestamp
+from llmcredits.domain.ledger import EntryType, LotSource, RecordWrite, timestamp
 from llmcredits.domain.payment_charges import ChargeState, dispute_status
 from llmcredits.domain.ports import RecordConflict
 from llmcredits.errors import ApiError, ContentionTimeout, IdempotencyConflict, InvalidRequest
@@ -169,6 +169,12 @@ class PaymentProvider(Protocol):
         Raises InvalidWebhook."""
         ...
 
+    def receipt_url(self, payment_intent: str) -> str | None:
+        """The receipt URL of the payment's charge (``latest_charge.receipt_url``), or
+        None when the provider cannot say now (never raises: a receipt is not worth
+        failing a credit for)."""
+        ...
+
 
 # -- configuration -----------------------------------------------------------------------
 
@@ -208,11 +214,15 @@ class PurchaseConfig:
     min_amount: Decimal = DEFAULT_MIN_USD
     max_amount: Decimal = DEFAULT_MAX_USD
     allowed_urls: tuple[AllowedUrl, ...] = ()
+    # Purchased lots expire this many days after the credit (None: never, the default).
+    expires_in_days: int | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> PurchaseConfig:
-        """PURCHASE_MIN_USD, PURCHASE_MAX_USD, CHECKOUT_URL_ALLOWLIST (comma-separated)."""
+        """PURCHASE_MIN_USD, PURCHASE_MAX_USD, CHECKOUT_URL_ALLOWLIST (comma-separated),
+        PURCHASE_EXPIRES_IN_DAYS (unset or 0: purchases never expire)."""
         env = os.environ if environ is None else environ
+        days = _config_days(env.get("PURCHASE_EXPIRES_IN_DAYS"), "PURCHASE_EXPIRES_IN_DAYS")
         low = _config_amount(env.get("PURCHASE_MIN_USD"), DEFAULT_MIN_USD, "PURCHASE_MIN_USD")
         high = _config_amount(env.get("PURCHASE_MAX_USD"), DEFAULT_MAX_USD, "PURCHASE_MAX_USD")
         if high < low:
@@ -220,7 +230,20 @@ class PurchaseConfig:
         raw = env.get("CHECKOUT_URL_ALLOWLIST")
         entries = DEFAULT_URL_ALLOWLIST if raw is None else raw
         allowed = tuple(AllowedUrl.parse(e) for e in entries.split(",") if e.strip())
-        return cls(min_amount=low, max_amount=high, allowed_urls=allowed)
+        return cls(min_amount=low, max_amount=high, allowed_urls=allowed,
+                   expires_in_days=days)
+
+
+def _config_days(raw: str | None, name: str) -> int | None:
+    if raw is None or not raw.strip():
+        return None
+    try:
+        days = int(raw.strip())
+    except ValueError as exc:
+        raise ValueError(f"{name} must be a whole number of days") from exc
+    if days < 0:
+        raise ValueError(f"{name} must not be negative")
+    return days or None
 
 
 def _config_amount(raw: str | None, default: Decimal, name: str) -> Decimal:
@@ -487,9 +510,14 @@ class PaymentsService:
                     None,
                 )
             )
+        days = self._config.expires_in_days
+        receipt = (self._provider.receipt_url(purchase.payment_intent)
+                   if purchase.payment_intent else None)
         try:
             result = self._ledger.credit(
-                purchase.user_id, amount, EntryType.PURCHASE, metadata=links, records=records
+                purchase.user_id, amount, EntryType.PURCHASE, metadata=links, records=records,
+                source=LotSource.PURCHASE, receipt_url=receipt,
+                expires_at=None if days is None else self._clock() + timedelta(days=days),
             )
         except RecordConflict as conflict:
             # This event, or another one of the same session, was credited already.
@@ -648,7 +676,8 @@ class PaymentsService:
                 else:
                     result = self._ledger.credit(before.user_id, dollars(-delta),
                                                  EntryType.REINSTATEMENT, metadata=metadata,
-                                                 records=records)
+                                                 records=records,
+                                                 source=LotSource.REINSTATEMENT)
             except RecordConflict as conflict:
                 if conflict.key == event_key(event_id):
                     return "duplicate"
