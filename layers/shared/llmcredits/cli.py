@@ -324,15 +324,19 @@ def cmd_admin_grant(args: argparse.Namespace) -> int:
     reason = ops.require_text(args.reason, "--reason")
     actor = ops.resolve_actor(args.actor)
     entry_type = EntryType(args.type)
+    expiry = {"expires_at": ops.parse_expires_at(args.expires_at),
+              "expires_in_days": args.expires_in_days}
     operator = _admin_operator(args)
     earlier = operator.earlier_grant(args.user, amount, entry_type, reason, actor,
-                                     args.idempotency_key)
+                                     args.idempotency_key, **expiry)
     if earlier is not None:  # a retry: say so instead of previewing a change
         print(ops.format_replay(earlier, args.idempotency_key), file=sys.stderr)
         _admin_print(args, ops.format_change("granted", earlier), earlier.view())
         return 0
-    _admin_confirm(args, operator.describe_grant(args.user, amount, entry_type, reason, actor))
-    outcome = operator.grant(args.user, amount, entry_type, reason, actor, args.idempotency_key)
+    _admin_confirm(args, operator.describe_grant(args.user, amount, entry_type, reason, actor,
+                                                 **expiry))
+    outcome = operator.grant(args.user, amount, entry_type, reason, actor, args.idempotency_key,
+                             **expiry)
     _admin_print(args, ops.format_change("granted", outcome), outcome.view())
     return 0
 
@@ -548,6 +552,11 @@ def _add_admin_commands(admin_sub: Any) -> None:
     grant.add_argument("--reason", required=True, help="why (kept in the ledger entry)")
     grant.add_argument("--idempotency-key", help="a retry with the same key changes nothing")
     grant.add_argument("--actor", help="who grants (ledger metadata.by; default env USER)")
+    expiry = grant.add_mutually_exclusive_group()
+    expiry.add_argument("--expires-at", help="the granted lot expires then (ISO 8601 with a "
+                        "time zone, e.g. 2026-12-31T00:00:00Z); default never")
+    expiry.add_argument("--expires-in-days", type=int, help="the lot expires this many days "
+                        "from now")
     _add_target_args(grant, confirm=True)
     grant.set_defaults(func=cmd_admin_grant)
 

@@ -248,6 +248,19 @@ def kms_client(target: Target) -> Any:
 # -- parsing operator input ------------------------------------------------------------
 
 
+def parse_expires_at(text: str | None) -> datetime | None:
+    """--expires-at: ISO 8601 with a time zone ("Z" or an offset)."""
+    if text is None:
+        return None
+    try:
+        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise UsageError(f"bad --expires-at {text!r}: not ISO 8601") from exc
+    if value.tzinfo is None:
+        raise UsageError(f"bad --expires-at {text!r}: give a time zone, e.g. Z")
+    return value
+
+
 def parse_amount(text: str, *, signed: bool = False) -> Decimal:
     """An amount from the command line, exactly (``parse_money``). Non-zero; positive
     unless ``signed``."""
@@ -415,12 +428,14 @@ class Operator:
 
     def earlier_grant(
         self, user_id: str, amount: Decimal, entry_type: EntryType, reason: str, actor: str,
-        idempotency_key: str | None,
+        idempotency_key: str | None, *, expires_at: datetime | None = None,
+        expires_in_days: int | None = None,
     ) -> ChangeOutcome | None:
         """What a grant with this idempotency key already did (None: it would change)."""
         from llmcredits.services.ledger import grant_claim
 
-        claim = grant_claim(user_id, amount, entry_type, reason, actor, idempotency_key)
+        claim = grant_claim(user_id, amount, entry_type, reason, actor, idempotency_key,
+                            expires_at=expires_at, expires_in_days=expires_in_days)
         earlier = self.ledger.earlier_result(user_id, claim)
         return None if earlier is None else ChangeOutcome(earlier.body, True)
 
@@ -439,11 +454,14 @@ class Operator:
         return None if earlier is None else ChangeOutcome(earlier.body, True)
 
     def describe_grant(
-        self, user_id: str, amount: Decimal, entry_type: EntryType, reason: str, actor: str
+        self, user_id: str, amount: Decimal, entry_type: EntryType, reason: str, actor: str,
+        *, expires_at: datetime | None = None, expires_in_days: int | None = None,
     ) -> list[str]:
         before = self.existing(user_id)
+        expiry = self.ledger.grant_expiry(expires_at, expires_in_days)  # checked up front
         lines = [f"grant {format_money(amount)} credits ({entry_type.value}) to "
-                 f"{user_id!r} on {self.table}, reason {reason!r}, by {actor}"]
+                 f"{user_id!r} on {self.table}, reason {reason!r}, by {actor}",
+                 f"  the lot expires {'never' if expiry is None else 'at ' + expiry}"]
         if before is None:
             lines.append(f"  {user_id!r} has no account yet: it will be created with "
                          f"balance {format_money(amount)}")
@@ -460,8 +478,12 @@ class Operator:
         reason: str,
         actor: str,
         idempotency_key: str | None,
+        *,
+        expires_at: datetime | None = None,
+        expires_in_days: int | None = None,
     ) -> ChangeOutcome:
-        result = self.ledger.grant(user_id, amount, entry_type, reason, actor, idempotency_key)
+        result = self.ledger.grant(user_id, amount, entry_type, reason, actor, idempotency_key,
+                                   expires_at=expires_at, expires_in_days=expires_in_days)
         return ChangeOutcome(result.body, result.replayed)
 
     def describe_adjust(
@@ -654,10 +676,14 @@ ACCOUNT_FIELDS = ("user_id", "balance", "held", "available", "tier", "monthly_ca
 
 def format_account(view: Mapping[str, Any]) -> str:
     width = max(len(name) for name in ACCOUNT_FIELDS)
-    return "\n".join(
+    lines = [
         f"{name:<{width}}  {'none' if view.get(name) is None else view.get(name)}"
         for name in ACCOUNT_FIELDS
-    )
+    ]
+    for lot in view.get("lots") or ():
+        lines.append(f"{'lot':<{width}}  {lot['remaining']} of {lot['amount']} "
+                     f"({lot['source']}), expires {lot['expires_at'] or 'never'}")
+    return "\n".join(lines)
 
 
 def format_history(entries: list[LedgerEntry], more: bool) -> str:

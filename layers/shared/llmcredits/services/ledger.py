@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import logging
 import random
@@ -21,6 +22,7 @@ from decimal import Decimal
 from typing import Any
 
 from llmcredits.domain.ledger import (
+    PAID_SOURCES,
     Account,
     EntryType,
     GuardedWrite,
@@ -32,7 +34,6 @@ from llmcredits.domain.ledger import (
     LotReserved,
     LotSource,
     Mutation,
-    PAID_SOURCES,
     RecordWrite,
     Settlement,
     Tier,
@@ -766,7 +767,7 @@ class LedgerService:
             try:
                 result = self._change(
                     user_id,
-                    plan=lambda acct, _id, at, lot_id=lot.id: plan_expiry(acct, lot_id, at),
+                    plan=functools.partial(_plan_expiry_of, lot.id),
                     entry_type=EntryType.EXPIRY,
                     details={"metadata": {"lot_id": lot.id, "lot_source": lot.source.value,
                                           "lot_amount": format_money(lot.amount),
@@ -825,6 +826,10 @@ class LedgerService:
         )
         next_cursor = encode_cursor(user_id, page.last_key) if page.last_key else None
         return HistoryPage(page.entries, next_cursor)
+
+
+def _plan_expiry_of(lot_id: str, account: Account, _entry_id: str, now: str) -> Mutation:
+    return plan_expiry(account, lot_id, now)
 
 
 def entry_from_body(user_id: str, body: dict[str, Any]) -> LedgerEntry:

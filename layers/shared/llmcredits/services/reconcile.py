@@ -1,7 +1,8 @@
 """DESIGN invariants checked by operators (``llmcredits admin reconcile``, and a
 scheduled function):
 
-2. balance == sum(ledger amounts) and held == sum(open holds), per account;
+2. balance == sum(ledger amounts) and held == sum(open holds), per account, and, while
+   the balance is positive, the sum of the lots' remaining credits == balance (section 7);
 4. usage aggregates == sums of the usage ledger entries, per (user, day, provider, model).
 """
 
@@ -50,6 +51,9 @@ def reconcile_account(store: LedgerStore, user_id: str) -> list[Discrepancy]:
     open_holds = store.sum_open_holds(user_id)
     if account.held != open_holds:
         found.append(Discrepancy(user_id, "held", account.held, open_holds))
+    remaining = sum((lot.remaining for lot in account.current_lots), ZERO)
+    if account.balance > ZERO and remaining != account.balance:
+        found.append(Discrepancy(user_id, "lots remaining", remaining, account.balance))
     return found
 
 
