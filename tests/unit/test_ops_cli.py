@@ -147,6 +147,28 @@ def test_grant_text_output_and_actor_flag(aws: None, capsys: Any) -> None:
     assert entries("carol")[0].metadata == {"reason": "outage", "by": "oncall-bob"}
 
 
+def test_grant_with_an_expiry_makes_an_expiring_lot(aws: None, capsys: Any) -> None:
+    args = ["admin", "grant", "erin", "4", "--type", "bonus", "--reason", "promo",
+            "--expires-in-days", "7", "--idempotency-key", "e1", "--yes", *T]
+    code, out, err = run(capsys, *args)
+    assert code == 0, err
+    assert "the lot expires at " in err  # the confirmation names the expiry
+    assert run(capsys, *args)[0] == 0  # a retry replays (the days, not the date, match)
+    view = show(capsys, "erin")
+    assert [(lot["source"], lot["remaining"]) for lot in view["lots"]] == [
+        ("bonus", "4.000000")]
+    assert view["lots"][0]["expires_at"] > datetime.now(UTC).strftime("%Y-%m-%dT%H")
+    code, _, err = run(capsys, "admin", "grant", "erin", "1", "--type", "bonus", "--reason",
+                       "x", "--expires-at", "2020-01-01T00:00:00Z", "--yes", *T)
+    assert code == 2
+    one_line_error(err, "expires_at must be in the future")
+    code, _, err = run(capsys, "admin", "grant", "erin", "1", "--type", "bonus", "--reason",
+                       "x", "--expires-at", "2030-01-01T00:00:00", "--yes", *T)
+    assert code == 2
+    one_line_error(err, "time zone")
+    assert len(entries("erin")) == 1
+
+
 @pytest.mark.parametrize("amount", ["-5", "0", "1.1234567", "abc", "1e-7", "NaN", "1e12"])
 def test_bad_amount_is_a_usage_error_and_changes_nothing(
     aws: None, capsys: Any, amount: str
