@@ -150,7 +150,7 @@ def test_grant_text_output_and_actor_flag(aws: None, capsys: Any) -> None:
 def test_grant_with_an_expiry_makes_an_expiring_lot(aws: None, capsys: Any) -> None:
     args = ["admin", "grant", "erin", "4", "--type", "bonus", "--reason", "promo",
             "--expires-in-days", "7", "--idempotency-key", "e1", "--yes", *T]
-    code, out, err = run(capsys, *args)
+    code, _, err = run(capsys, *args)
     assert code == 0, err
     assert "the lot expires at " in err  # the confirmation names the expiry
     assert run(capsys, *args)[0] == 0  # a retry replays (the days, not the date, match)
