@@ -40,7 +40,7 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,7 +79,7 @@ def prelude(status_code: int, headers: dict[str, str] | None = None,
     return data + DELIMITER
 
 
-def encode(result: Any) -> Iterator[bytes]:
+def encode(result: Any) -> Generator[bytes, None, None]:
     """A handler's result as the http-integration-response byte stream: the prelude,
     then the body. A proxy dict's body goes out in one piece."""
     if isinstance(result, StreamingResponse):

@@ -55,9 +55,11 @@ class Reply(Protocol):
 class Stream(Protocol):
     """A streamed answer being read (dal.upstream.UpstreamStream)."""
 
-    usage: Any
-    models: list[str]
-    failure: Exception | None
+    @property
+    def failure(self) -> Exception | None: ...
+
+    @property
+    def failure_reason(self) -> str: ...
 
     def __iter__(self) -> Iterator[dict[str, Any]]: ...
 
@@ -359,8 +361,7 @@ class ChatService:
                 "choices": [], "usage": usage,
             }) + "\n\n"
         if stream.failure is not None:
-            reason = getattr(stream, "failure_reason", "") or "failed"
-            yield f"data: {jsonexact.dumps(interrupted_event(reason))}\n\n"
+            yield f"data: {jsonexact.dumps(interrupted_event(stream.failure_reason))}\n\n"
         yield "data: [DONE]\n\n"
 
     @staticmethod
