@@ -11,7 +11,7 @@ from llmcredits import bootstrap
 from llmcredits.domain.pricing import catalog
 from llmcredits.errors import InvalidRequest
 
-from tests.support import event, invoke, response_headers
+from tests.support import event, invoke
 from tests.unit.test_byok import assert_absent
 
 BALANCED = "together_ai/meta-llama/Llama-3.3-70B-Instruct-Turbo"  # provider: together

@@ -57,7 +57,8 @@ class RuntimeApiEmulator:
                                  str(int(time.time() * 1000) + 60_000))
                 self.send_header("Lambda-Runtime-Invoked-Function-Arn",
                                  "arn:aws:lambda:us-east-1:123456789012:function:chat")
-                self.send_header("Lambda-Runtime-Trace-Id", "Root=1-5759e988-bd862e3fe1be46a994272793")
+                self.send_header("Lambda-Runtime-Trace-Id",
+                                 "Root=1-5759e988-bd862e3fe1be46a994272793")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)

@@ -14,7 +14,7 @@ from llmcredits.domain.pricing import catalog
 from llmcredits.errors import UpstreamError, UpstreamTimeout
 from llmcredits.local.dev_upstream import WRONG_MODEL
 
-from tests.support import FUNCTIONS, Context, event, invoke, response_headers
+from tests.support import FUNCTIONS, Context, event, invoke
 from tests.unit.stack_fixture import module_stack
 from tests.unit.test_chat_route import BALANCED, HELLO, account, chat, setup_user
 
