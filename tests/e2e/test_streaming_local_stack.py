@@ -222,3 +222,43 @@ def test_a_non_streamed_answer_taking_35_s_is_a_200(stack, http):
     assert body["choices"][0]["message"]["content"] == "t1 t2 t3 t4 t5 t6 t7"
     assert body["id"] == resp.headers["x-request-id"]
     assert resp.headers["x-credits-charged"] == f"{price(body['usage']['prompt_tokens'], 7):.6f}"
+
+
+def test_a_stream_with_an_idempotency_key_is_replayed_whole_and_charged_once(stack, http):
+    fund(stack, http, "idem")
+    headers = {**bearer(stack, "idem"), "Idempotency-Key": "stream-1"}
+    body = {"model": BALANCED, "messages": paced("8,10"), "stream": True,
+            "stream_options": {"include_usage": True}}
+    first = http.post("/chat/completions", json=body, headers=headers)
+    again = http.post("/chat/completions", json=body, headers=headers)
+    assert first.status_code == again.status_code == 200
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.text == first.text and first.text.endswith("data: [DONE]\n\n")
+    assert len(usage_entries(stack, http, "idem")) == 1
+
+
+def test_a_stream_the_client_left_is_replayed_as_far_as_it_went(stack, http):
+    fund(stack, http, "idem-left")
+    headers = {**bearer(stack, "idem-left"), "Idempotency-Key": "stream-2"}
+    body = {"model": BALANCED, "messages": paced("40,50"), "stream": True}
+    seen = 0
+    with httpx.Client(timeout=30) as client, client.stream(
+            "POST", stack.base_url + API + "/chat/completions", json=body,
+            headers=headers) as resp:
+        for line in resp.iter_lines():
+            seen += '"content":"t' in line
+            if seen == 3:
+                break
+    (entry,) = wait_for_usage(stack, http, "idem-left")
+    deadline = time.monotonic() + 5
+    while True:  # the key is stored once the stream has wound down
+        again = http.post("/chat/completions", json=body, headers=headers)
+        if again.status_code == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert again.status_code == 200 and again.headers["idempotent-replayed"] == "true"
+    events = [e[6:] for e in again.text.split("\n\n") if e.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    assert json.loads(events[-2])["error"]["code"] == "client_disconnected"
+    assert 3 <= sum('"content":"t' in e for e in events) < 40
+    assert len(usage_entries(stack, http, "idem-left")) == 1 and entry["metadata"]["partial"]
