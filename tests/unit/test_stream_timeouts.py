@@ -21,6 +21,8 @@ from tests.support import FUNCTIONS, template
 
 #: Lambda's maximum timeout, and API Gateway's limit for a streamed response.
 STREAM_LIMIT_SECONDS = 900
+#: API Gateway ends a stream that sent nothing for this long.
+STREAM_IDLE_SECONDS = 300
 
 
 def resource(name: str) -> dict[str, Any]:
@@ -30,6 +32,8 @@ def resource(name: str) -> dict[str, Any]:
 def test_timeouts_nest_upstream_function_sweeper():
     chat = resource("ChatCompletionsFunction")
     upstream = int(chat["Environment"]["Variables"]["UPSTREAM_TIMEOUT_SECONDS"])
+    idle = int(chat["Environment"]["Variables"]["UPSTREAM_IDLE_TIMEOUT_SECONDS"])
+    assert idle < STREAM_IDLE_SECONDS and idle < upstream
     function = int(chat["Timeout"])
     sweeper = int(resource("HoldSweeperFunction")["Environment"]["Variables"]
                   ["HOLD_MAX_AGE_SECONDS"])
@@ -111,3 +115,22 @@ def test_a_stream_that_outlasts_the_upstream_deadline_is_cut_there():
     assert time.monotonic() - started < 2  # not the 4 s the upstream would take
     assert 3 <= len(chunks) < 20
     assert isinstance(stream.failure, UpstreamTimeout) and stream.partial
+
+
+def test_each_upstream_read_waits_at_most_the_idle_timeout(monkeypatch):
+    from llmcredits import bootstrap
+
+    chat = resource("ChatCompletionsFunction")["Environment"]["Variables"]
+    for name in ("UPSTREAM_TIMEOUT_SECONDS", "UPSTREAM_IDLE_TIMEOUT_SECONDS"):
+        monkeypatch.setenv(name, chat[name])
+    monkeypatch.setenv("LITELLM_PROXY_URL", "http://upstream.test")
+    monkeypatch.setenv("LITELLM_MASTER_KEY", "sk-test")
+    bootstrap.reset()
+    try:
+        upstream = bootstrap.chat_service()._upstream
+        assert isinstance(upstream, LiteLLMUpstream)
+        timeout = upstream._client.timeout
+        assert timeout.read == int(chat["UPSTREAM_IDLE_TIMEOUT_SECONDS"])
+        assert upstream._deadline_seconds == int(chat["UPSTREAM_TIMEOUT_SECONDS"])
+    finally:
+        bootstrap.reset()
