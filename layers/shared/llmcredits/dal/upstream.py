@@ -131,16 +131,20 @@ class LiteLLMUpstream:
         master_key: str | None,
         *,
         timeout_seconds: Decimal = Decimal(50),
+        idle_seconds: Decimal | None = None,
         client: httpx.Client | None = None,
     ) -> None:
         self._url = base_url.rstrip("/") + "/chat/completions"
         self._master_key = master_key
         seconds = int(timeout_seconds)
-        # Each read waits at most this long, and a whole streamed answer too (checked
-        # between chunks): below the function's timeout (tests/unit/test_stream_timeouts).
+        # A whole streamed answer ends within ``timeout_seconds`` (checked between
+        # chunks), below the function's timeout; each read (so a whole non-streamed
+        # answer) waits at most ``idle_seconds``, below the REST API's 5-minute idle
+        # limit for a stream (tests/unit/test_stream_timeouts.py).
         self._deadline_seconds = seconds
+        idle = seconds if idle_seconds is None else min(seconds, int(idle_seconds))
         self._client = client or httpx.Client(
-            timeout=httpx.Timeout(seconds, connect=3),
+            timeout=httpx.Timeout(idle, connect=3),
             limits=httpx.Limits(max_connections=32, max_keepalive_connections=8),
         )
 
