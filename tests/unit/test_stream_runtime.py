@@ -252,3 +252,40 @@ def test_an_error_before_the_first_byte_keeps_its_status_through_the_runtime(ups
     meta, body = split(posted)
     assert meta["statusCode"] == 402
     assert json.loads(body)["error"]["code"] == "insufficient_credits"
+
+
+def test_the_exec_wrapper_runs_the_loop_for_the_configured_handler(runtime_api, tmp_path):
+    """functions/chat_completions/stream_runtime as Lambda starts it (the managed
+    runtime's command as arguments, ignored), with a handler from LAMBDA_TASK_ROOT."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.support import ROOT
+
+    (tmp_path / "fn.py").write_text(
+        "from llmcredits.lambda_streaming import StreamingResponse\n"
+        "def handler(event, context):\n"
+        "    return StreamingResponse(200, {'X-Id': context.aws_request_id},\n"
+        "                             iter([b'hello ', event['name'].encode()]))\n")
+    runtime_api.events.append(("req-9", {"name": "wrapper"}))
+    env = {**os.environ, "AWS_LAMBDA_RUNTIME_API": runtime_api.address, "_HANDLER": "fn.handler",
+           "LAMBDA_TASK_ROOT": str(tmp_path), "LAMBDA_PYTHON": sys.executable,
+           "PYTHONPATH": str(ROOT / "layers" / "shared")}
+    proc = subprocess.Popen([str(FUNCTIONS / "chat_completions" / "stream_runtime"),
+                             "/var/runtime/bootstrap"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while not runtime_api.posted and time.monotonic() < deadline:
+            time.sleep(0.05)
+        (posted,) = runtime_api.posted
+        assert posted.complete.wait(10)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert posted.path == "/2018-06-01/runtime/invocation/req-9/response", posted.body
+    assert posted.headers["lambda-runtime-function-response-mode"] == "streaming"
+    meta, body = split(posted)
+    assert meta == {"statusCode": 200, "headers": {"X-Id": "req-9"}}
+    assert body == b"hello wrapper"

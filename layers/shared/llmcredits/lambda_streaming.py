@@ -298,4 +298,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # ``python -m`` runs this file as ``__main__``; handlers import
+    # ``llmcredits.lambda_streaming``. Run that module's loop, so that both see one
+    # StreamingResponse class (else a handler's stream is not recognised).
+    importlib.import_module("llmcredits.lambda_streaming").main()
