@@ -10,8 +10,12 @@
    server; every account reconciled (ledger == balance, nothing held).
 4. A fault run: injected DynamoDB errors and lost responses on settle; charges
    expected (sum of X-Credits-Charged) vs charged (sum of usage entries).
+5. Streaming (issue 12), with the openai SDK: time to the first and to the last token
+   through the local stack vs direct to the same paced dev upstream (20 tokens, 50 ms
+   apart), as ratios in one run, and the goal TTFT <= 1.5 x direct + 50 ms.
 
-Run: make bench  (or .venv/bin/python bench/chat.py [--requests 200] 2>/dev/null)
+Run: make bench  (or .venv/bin/python bench/chat.py [--requests 200] 2>/dev/null;
+``--stream-only`` runs item 5 alone)
 """
 
 from __future__ import annotations
@@ -430,6 +434,54 @@ def fault_run(endpoint: str, requests: int) -> None:
           f"{'EXACTLY ONCE' if ok else 'MISMATCH'}")
 
 
+#: The paced stream of the streaming benchmark: N tokens, G ms apart.
+PACE_TOKENS, PACE_GAP_MS = 20, 50
+
+
+def _sdk_stream_times(client: Any, model: str, messages: list[dict[str, str]]
+                      ) -> tuple[float, float]:
+    """Seconds to the first and to the last content token, as the SDK delivers them."""
+    started = time.perf_counter()
+    first = last = 0.0
+    for chunk in client.chat.completions.create(model=model, messages=messages, stream=True):
+        if chunk.choices and chunk.choices[0].delta.content:
+            last = time.perf_counter() - started
+            first = first or last
+    return first, last
+
+
+def stream_ttft(stack: LocalStack, runs: int) -> None:
+    import openai
+    from llmcredits.domain.pricing import catalog
+
+    up = stack.dev_upstream
+    with httpx.Client(base_url=stack.base_url, timeout=30) as client:
+        setup_user(client, stack, "bench-stream", "100")
+    ours = openai.OpenAI(base_url=stack.base_url + API, max_retries=0,
+                         api_key=stack.issue_token("bench-stream", ttl=7200))
+    direct = openai.OpenAI(base_url=up.url, api_key=up.master_key, max_retries=0)
+    upstream_model = catalog().resolve(MODEL, None, "enterprise").upstream_model
+    messages = [{"role": "user",
+                 "content": f"Count [[dev-upstream-pace:{PACE_TOKENS},{PACE_GAP_MS}]]"}]
+    _sdk_stream_times(ours, MODEL, messages)  # cold starts out of the figures
+    _sdk_stream_times(direct, upstream_model, messages)
+    through, straight = [], []
+    for _ in range(runs):
+        straight.append(_sdk_stream_times(direct, upstream_model, messages))
+        through.append(_sdk_stream_times(ours, MODEL, messages))
+    ttft = statistics.median(t for t, _ in through)
+    ttft_direct = statistics.median(t for t, _ in straight)
+    ttlt = statistics.median(t for _, t in through)
+    ttlt_direct = statistics.median(t for _, t in straight)
+    goal = 1.5 * ttft_direct + 0.050
+    print(f"Streaming ({PACE_TOKENS} tokens, {PACE_GAP_MS} ms apart, openai SDK, median of "
+          f"{runs}): time to first token through the stack {ttft * 1000:.1f} ms, direct "
+          f"{ttft_direct * 1000:.1f} ms (ratio {ttft / ttft_direct:.2f}x); to the last token "
+          f"{ttlt * 1000:.1f} ms vs {ttlt_direct * 1000:.1f} ms (ratio "
+          f"{ttlt / ttlt_direct:.3f}x); goal TTFT <= 1.5 x direct + 50 ms = "
+          f"{goal * 1000:.1f} ms: {'met' if ttft <= goal else 'MISSED'}")
+
+
 def throughput(requests: int) -> None:
     sys.path.insert(0, str(ROOT / "scripts"))
     import dynamodb_local
@@ -458,12 +510,20 @@ def main() -> None:
     parser.add_argument("--skip-dynamodb-local", action="store_true")
     parser.add_argument("--skip-embedded", action="store_true",
                         help="only the DynamoDB Local runs")
+    parser.add_argument("--stream-only", action="store_true",
+                        help="only the streaming TTFT run (item 5)")
+    parser.add_argument("--stream-runs", type=int, default=10)
     args = parser.parse_args()
+    if args.stream_only:
+        with LocalStack(ROOT / "template.yaml", port=0, workers=False) as stack:
+            stream_ttft(stack, args.stream_runs)
+        return
     if not args.skip_embedded:
         with LocalStack(ROOT / "template.yaml", port=0, workers=False) as stack:
             count_calls(stack, min(args.requests, 50))
             count_byok_kms_calls(stack, 20)
             latency_ratio(stack, args.requests)
+            stream_ttft(stack, args.stream_runs)
     if not args.skip_dynamodb_local:
         throughput(args.requests)
 

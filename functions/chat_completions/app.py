@@ -1,5 +1,10 @@
-"""POST /chat/completions: OpenAI-compatible, metered per token, never overdrawn."""
+"""POST /chat/completions: OpenAI-compatible, metered per token, never overdrawn.
 
+Served in REST API response-streaming mode (``stream_handler``, see
+``llmcredits.lambda_streaming``): a streamed answer goes to the client chunk by chunk;
+a non-streamed one is sent whole when complete (so it may take longer than 29 s)."""
+
+from collections.abc import Generator, Iterator
 from typing import Annotated
 
 from aws_lambda_powertools.event_handler import Response
@@ -21,11 +26,14 @@ from llmcredits.http.api import (
     record_chat_failure,
 )
 from llmcredits.http.openapi_responses import chat_completion_ok, errors
+from llmcredits.http.streaming import StreamSlot, streaming_handlers
 from llmcredits.models_chat import ChatCompletionRequest
+from llmcredits.services.chat import StreamOutcome
 
 MAX_BODY_BYTES = 1_000_000
 
 app = make_app()
+streamed_body = StreamSlot()
 
 
 @app.post(
@@ -34,8 +42,9 @@ app = make_app()
     tags=["chat"],
     description=(
         "OpenAI-compatible. The charge is in `usage.cost` and the headers "
-        "`X-Credits-Charged` and `X-Credits-Remaining`. With `stream: true` the whole "
-        "event stream is returned at once (HTTP API buffers responses)."
+        "`X-Credits-Charged` and `X-Credits-Remaining`. With `stream: true` each chunk "
+        "is sent as the model produces it (server-sent events, `data: [DONE]` last); the "
+        "usage chunk (`choices: []`, with `cost`) only with `stream_options.include_usage`."
     ),
     responses={
         **chat_completion_ok(),
@@ -81,6 +90,10 @@ def chat_completions(
     except ApiError as err:
         record_chat_failure(err)  # 402s are counted by the shared error handler
         raise
+    if result.stream is not None:
+        streamed_body.put(_metered(result.stream, result.outcome, who.user_id))
+        return Response(status_code=result.status, content_type=result.content_type,
+                        body="", headers=result.headers)
     record_chat_completion(result.cost, result.upstream_ms)
     logger.info("chat completion", extra={"user_id": who.user_id,
                                           "charged": result.headers.get("X-Credits-Charged"),
@@ -93,4 +106,22 @@ def chat_completions(
     )
 
 
-lambda_handler = entry_point(app, max_body_bytes=MAX_BODY_BYTES)
+def _metered(events: Generator[str, None, None], outcome: StreamOutcome,
+             user_id: str) -> Iterator[bytes]:
+    """The event stream as bytes; once settled (also when the client left), its metrics
+    are emitted (the handler returned long before)."""
+    try:
+        for event in events:
+            yield event.encode()
+    finally:
+        events.close()
+        if outcome.settled:
+            record_chat_completion(outcome.cost, outcome.upstream_ms)
+            logger.info("chat completion (streamed)",
+                        extra={"user_id": user_id, "charged": str(outcome.cost),
+                               "partial": outcome.partial, "upstream_ms": outcome.upstream_ms})
+        metrics.flush_metrics()
+
+
+stream_handler, lambda_handler = streaming_handlers(
+    entry_point(app, max_body_bytes=MAX_BODY_BYTES), streamed_body)

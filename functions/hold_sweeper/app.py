@@ -18,7 +18,7 @@ from llmcredits.http.api import logger, metrics, tracer
 @tracer.capture_lambda_handler
 @metrics.log_metrics(raise_on_empty_metrics=False)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    max_age = int(os.environ.get("HOLD_MAX_AGE_SECONDS", "180"))
+    max_age = int(os.environ.get("HOLD_MAX_AGE_SECONDS", "960"))
     result = ledger_service().sweep_holds(max_age)
     released = result.released
     for hold in released:

@@ -57,8 +57,10 @@ def test_a_key_from_post_keys_completes_streams_and_lists_models_with_the_sdk(
     charged = Decimal(raw.headers["x-credits-charged"])
     assert charged > 0
 
+    # Issue 12: the usage chunk comes only when asked (it was always sent).
     stream = client.chat.completions.create(
-        model=BALANCED, messages=[{"role": "user", "content": "stream"}], stream=True)
+        model=BALANCED, messages=[{"role": "user", "content": "stream"}], stream=True,
+        stream_options={"include_usage": True})
     chunks = list(stream)
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
     assert BALANCED in {m.id for m in client.models.list()}

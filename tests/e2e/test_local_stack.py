@@ -99,8 +99,10 @@ def test_openai_sdk_completion_is_charged_by_the_formula(sdk_user):
 
 
 def test_openai_sdk_stream(sdk_user):
+    # Issue 12: the usage chunk comes only when asked (it was always sent).
     stream = sdk_user.chat.completions.create(
-        model=BALANCED, messages=[{"role": "user", "content": "stream please"}], stream=True)
+        model=BALANCED, messages=[{"role": "user", "content": "stream please"}], stream=True,
+        stream_options={"include_usage": True})
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text.startswith("[dev upstream]")

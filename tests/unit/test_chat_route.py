@@ -72,24 +72,58 @@ def test_completion_is_charged_exactly_by_the_formula(upstream):
     assert entry["metadata"]["prompt_tokens"] == usage["prompt_tokens"]
 
 
-def test_stream_is_a_complete_event_stream_with_usage_and_cost(upstream):
-    setup_user("ben")
-    evt = event("POST", "/api/v1/llm/chat/completions",
-                body={"model": BALANCED, "messages": HELLO, "stream": True}, sub="ben")
+def stream_events(user, body):
     from llmcredits.openapi_doc import import_handler
 
     from tests.support import FUNCTIONS, Context
+    evt = event("POST", "/api/v1/llm/chat/completions", body={**body, "stream": True}, sub=user)
     resp = import_handler(FUNCTIONS / "chat_completions" / "app.py").lambda_handler(evt, Context())
+    events = [line[6:] for line in resp["body"].split("\n\n") if line.startswith("data: ")]
+    return resp, events
+
+
+def usage_cost(user):
+    entry = invoke("credits_history_get", event("GET", "/api/v1/llm/credits/history",
+                                                sub=user, query={"type": "usage"}))[2]["items"][0]
+    return entry["cost"]
+
+
+# Issue 12 (migrated): the usage chunk was forced on every stream (it broke the SDK's
+# ``chunk.choices[0]`` loop); now it comes only with stream_options.include_usage.
+def test_stream_without_include_usage_has_no_usage_chunk(upstream):
+    setup_user("ben")
+    resp, events = stream_events("ben", {"model": BALANCED, "messages": HELLO})
     assert resp["statusCode"] == 200
     assert response_headers(resp)["Content-Type"] == "text/event-stream"
-    events = [line[6:] for line in resp["body"].split("\n\n") if line.startswith("data: ")]
     assert events[-1] == "[DONE]"
     chunks = [json.loads(e) for e in events[:-1]]
-    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    assert all(c["choices"] and "usage" not in c for c in chunks)  # chunk.choices[0] works
+    request_id = resp["headers"]["X-Request-Id"]
+    assert {c["id"] for c in chunks} == {request_id}
+    assert {c["object"] for c in chunks} == {"chat.completion.chunk"}
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
     assert text.startswith("[dev upstream]")
-    usage = chunks[-1]["usage"]
-    assert f"{Decimal(str(usage['cost'])):.6f}" == response_headers(resp)["X-Credits-Charged"]
+    # the upstream is always asked for usage: the settle is exact
     assert upstream.requests[-1].body["stream_options"] == {"include_usage": True}
+    assert Decimal(usage_cost("ben")) > 0
+
+
+def test_stream_with_include_usage_ends_with_usage_and_cost(upstream):
+    setup_user("bea")
+    resp, events = stream_events("bea", {"model": BALANCED, "messages": HELLO,
+                                         "stream_options": {"include_usage": True}})
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    *content, last = chunks
+    assert last["choices"] == [] and last["id"] == resp["headers"]["X-Request-Id"]
+    assert all(c["choices"] and c["usage"] is None for c in content)
+    usage = last["usage"]
+    route = catalog().resolve(BALANCED, None, "starter")
+    expected = catalog().charge(route, None, "starter", usage["prompt_tokens"],
+                                usage["completion_tokens"])
+    assert f"{Decimal(str(usage['cost'])):.6f}" == f"{expected:.6f}" == usage_cost("bea")
+    assert account("bea")["balance"] == f"{Decimal(10) - expected:.6f}"
+    assert account("bea")["held"] == "0.000000"
 
 
 def test_insufficient_credits_is_402_and_nothing_goes_upstream(upstream):

@@ -110,6 +110,8 @@ def chat_service() -> ChatService:
         base_url,
         secret("LITELLM_MASTER_KEY"),
         timeout_seconds=Decimal(os.environ.get("UPSTREAM_TIMEOUT_SECONDS", "50")),
+        idle_seconds=Decimal(os.environ.get("UPSTREAM_IDLE_TIMEOUT_SECONDS")
+                             or os.environ.get("UPSTREAM_TIMEOUT_SECONDS", "50")),
     )
     return ChatService(
         ledger_service(),

@@ -21,6 +21,9 @@ What counts as a failure, and what the reply says happened:
 
 from __future__ import annotations
 
+import contextlib
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -28,6 +31,7 @@ from typing import Any
 import httpx
 
 from llmcredits import jsonexact
+from llmcredits.domain.answer import STREAM_INTERRUPTED, interrupted_event
 from llmcredits.errors import (
     ApiError,
     InvalidRequest,
@@ -35,9 +39,6 @@ from llmcredits.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
-
-#: The code of the error event that ends a partial stream (and of UpstreamError).
-STREAM_INTERRUPTED = "upstream_stream_interrupted"
 
 
 @dataclass(frozen=True)
@@ -112,13 +113,6 @@ def _error_in(body: Any) -> bool:
     return isinstance(body, dict) and body.get("error") not in (None, "", {})
 
 
-def _interrupted_event(reason: str) -> dict[str, Any]:
-    return {"error": {
-        "message": f"The model provider's stream failed partway ({reason}); you were "
-                   "charged only for what was delivered (see GET /generations/{request_id}).",
-        "type": "upstream_error", "code": STREAM_INTERRUPTED, "param": None}}
-
-
 def parse_usage(raw: Any) -> Usage | None:
     if not isinstance(raw, dict):
         return None
@@ -137,13 +131,20 @@ class LiteLLMUpstream:
         master_key: str | None,
         *,
         timeout_seconds: Decimal = Decimal(50),
+        idle_seconds: Decimal | None = None,
         client: httpx.Client | None = None,
     ) -> None:
         self._url = base_url.rstrip("/") + "/chat/completions"
         self._master_key = master_key
         seconds = int(timeout_seconds)
+        # A whole streamed answer ends within ``timeout_seconds`` (checked between
+        # chunks), below the function's timeout; each read (so a whole non-streamed
+        # answer) waits at most ``idle_seconds``, below the REST API's 5-minute idle
+        # limit for a stream (tests/unit/test_stream_timeouts.py).
+        self._deadline_seconds = seconds
+        idle = seconds if idle_seconds is None else min(seconds, int(idle_seconds))
         self._client = client or httpx.Client(
-            timeout=httpx.Timeout(seconds, connect=3),
+            timeout=httpx.Timeout(idle, connect=3),
             limits=httpx.Limits(max_connections=32, max_keepalive_connections=8),
         )
 
@@ -182,57 +183,173 @@ class LiteLLMUpstream:
         reply.note_model(body.get("model"))
         return reply
 
+    def open_stream(
+        self,
+        payload: dict[str, Any],
+        headers: dict[str, str],
+        *,
+        check_model: Callable[[str], None] | None = None,
+    ) -> UpstreamStream:
+        """Start a streamed answer and read it up to its first generated text, so that
+        any failure before then is raised (nothing delivered: nothing charged). The
+        returned stream yields that head, then each further chunk as it arrives."""
+        stream = UpstreamStream(self._client, self._url, jsonexact.dumps(payload),
+                                self._headers(headers), self._deadline_seconds, check_model)
+        stream.open()
+        return stream
+
     def _stream(self, payload: dict[str, Any], headers: dict[str, str]) -> UpstreamReply:
+        """A streamed answer read to its end (for callers that want it whole)."""
+        stream = self.open_stream(payload, headers)
         reply = UpstreamReply()
-        done = False
-        failure: ApiError | None = None
-        reason = ""
         try:
-            with self._client.stream(
-                "POST", self._url, content=jsonexact.dumps(payload),
-                headers=self._headers(headers),
-            ) as resp:
-                if resp.status_code >= 400:
-                    resp.read()
-                    _raise_for_status(resp.status_code, resp.text, resp.headers)
-                for line in resp.iter_lines():
-                    if not line.startswith("data:"):
-                        continue
-                    data = line[5:].strip()
-                    if data == "[DONE]":
-                        done = True
-                        break
-                    chunk = jsonexact.loads(data)
-                    if _error_in(chunk):
-                        failure = UpstreamError("The model provider's stream reported an "
-                                                "error; nothing was charged.")
-                        reason = "the provider reported an error"
-                        break
-                    if isinstance(chunk, dict):
-                        reply.chunks.append(chunk)
-                        reply.note_model(chunk.get("model"))
-                        reply.delivered_bytes += _delivered_bytes(chunk)
-                        usage = parse_usage(chunk.get("usage"))
-                        if usage is not None:
-                            reply.usage = usage
-        except httpx.TimeoutException:
-            failure = UpstreamTimeout("The model provider did not answer in time; nothing "
-                                      "was charged.")
-            reason = "timeout"
-        except (httpx.HTTPError, ValueError):
-            failure = UpstreamError("The model provider's stream failed; nothing was "
-                                    "charged.")
-            reason = "connection lost or unreadable data"
-        if failure is None and not done:
-            failure = UpstreamError("The model provider's stream ended early; nothing was "
-                                    "charged.", code=STREAM_INTERRUPTED)
-            reason = "ended without [DONE]"
-        if failure is not None:
-            if reply.delivered_bytes == 0:
-                raise failure  # nothing delivered: nothing charged, the hold released
-            reply.failure = failure
-            reply.chunks.append(_interrupted_event(reason))
+            reply.chunks.extend(stream)
+        finally:
+            stream.close()
+        reply.usage, reply.models = stream.usage, stream.models
+        reply.delivered_bytes, reply.failure = stream.delivered_bytes, stream.failure
+        if stream.failure is not None:
+            reply.chunks.append(interrupted_event(stream.failure_reason))
         return reply
+
+
+class UpstreamStream:
+    """One streamed answer, read lazily. Iterating yields the upstream's chunks (error
+    events are not chunks: they end the stream). After iteration: ``usage`` (the last
+    reported), ``delivered_bytes``, ``models``, ``done`` (``[DONE]`` seen) and
+    ``failure`` (set when the stream failed after content was delivered, with
+    ``failure_reason``). :meth:`close` stops reading (and drops the connection)."""
+
+    def __init__(self, client: httpx.Client, url: str, content: str, headers: dict[str, str],
+                 deadline_seconds: int,
+                 check_model: Callable[[str], None] | None = None) -> None:
+        self._client = client
+        self._request = client.build_request("POST", url, content=content, headers=headers)
+        self._deadline = time.monotonic() + deadline_seconds
+        self._check_model = check_model
+        self._response: httpx.Response | None = None
+        self._lines: Iterator[str] = iter(())
+        self._head: list[dict[str, Any]] = []
+        self.usage: Usage | None = None
+        self.models: list[str] = []
+        self.delivered_bytes = 0
+        self.done = False
+        self.failure: ApiError | None = None
+        self.failure_reason = ""
+        self.closed = False
+
+    def open(self) -> None:
+        try:
+            self._response = self._client.send(self._request, stream=True)
+        except httpx.TimeoutException as exc:
+            raise UpstreamTimeout("The model provider did not answer in time; nothing was "
+                                  "charged.") from exc
+        except httpx.HTTPError as exc:
+            raise UpstreamError("The model provider could not be reached; nothing was "
+                                "charged.") from exc
+        resp = self._response
+        if resp.status_code >= 400:
+            with contextlib.suppress(httpx.HTTPError):
+                resp.read()
+            resp.close()
+            _raise_for_status(resp.status_code, resp.text, resp.headers)
+        self._lines = resp.iter_lines()
+        # Hold chunks back until the first generated text: before it, a failure can
+        # still be an HTTP error with nothing charged.
+        while self.delivered_bytes == 0 and not self.done and self.failure is None:
+            chunk = self._read()
+            if chunk is None:
+                break
+            self._head.append(chunk)
+        if self.failure is not None and self.delivered_bytes == 0:
+            self.close()
+            raise self.failure
+
+    def _fail(self, failure: ApiError, reason: str) -> None:
+        self.failure, self.failure_reason = failure, reason
+
+    def _read(self) -> dict[str, Any] | None:
+        """The next chunk, or None at the end (``done``) or on a failure (``failure``)."""
+        try:
+            for line in self._lines:
+                if time.monotonic() > self._deadline:
+                    self._fail(UpstreamTimeout("The model provider did not finish in time; "
+                                               "nothing was charged."), "timeout")
+                    return None
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    self.done = True
+                    return None
+                chunk = jsonexact.loads(data)
+                if _error_in(chunk):
+                    self._fail(UpstreamError("The model provider's stream reported an error; "
+                                             "nothing was charged."),
+                               "the provider reported an error")
+                    return None
+                if not isinstance(chunk, dict):
+                    continue
+                model = chunk.get("model")
+                if isinstance(model, str) and model and model not in self.models:
+                    if self._check_model is not None:
+                        try:
+                            self._check_model(model)
+                        except ApiError as exc:
+                            self._fail(exc, "another model answered")
+                            return None
+                    self.models.append(model)
+                self.delivered_bytes += _delivered_bytes(chunk)
+                usage = parse_usage(chunk.get("usage"))
+                if usage is not None:
+                    self.usage = usage
+                return chunk
+        except httpx.TimeoutException:
+            self._fail(UpstreamTimeout("The model provider did not answer in time; nothing "
+                                       "was charged."), "timeout")
+            return None
+        except (httpx.HTTPError, ValueError):
+            if self.closed:
+                return None
+            self._fail(UpstreamError("The model provider's stream failed; nothing was "
+                                     "charged."), "connection lost or unreadable data")
+            return None
+        if not self.closed:
+            self._fail(UpstreamError("The model provider's stream ended early; nothing was "
+                                     "charged.", code=STREAM_INTERRUPTED),
+                       "ended without [DONE]")
+        return None
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        head, self._head = self._head, []
+        yield from head
+        while not self.done and self.failure is None and not self.closed:
+            chunk = self._read()
+            if chunk is None:
+                return
+            yield chunk
+
+    @property
+    def partial(self) -> bool:
+        """Failed partway, or closed before its end (the client left)."""
+        return self.failure is not None or (self.closed and not self.done)
+
+    def billable_usage(self, prompt_bound: int, completion_bound: int) -> Usage | None:
+        """As :meth:`UpstreamReply.billable_usage`; a stream closed before its end (the
+        client left) counts as partial too."""
+        if self.usage is not None:
+            return self.usage
+        if not self.partial:
+            return None
+        return Usage(prompt_bound, min(self.delivered_bytes, completion_bound))
+
+    def close(self) -> None:
+        """Stop reading: the connection is dropped, the provider stops generating."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._response is not None:
+            self._response.close()
 
 
 def _raise_for_status(status: int, text: str, headers: httpx.Headers) -> None:

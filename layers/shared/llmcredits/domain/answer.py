@@ -32,6 +32,8 @@ from llmcredits.domain.pricing import Route
 from llmcredits.errors import UpstreamError
 
 MODEL_MISMATCH = "upstream_model_mismatch"
+#: The code of the error event that ends a stream the upstream broke off partway.
+STREAM_INTERRUPTED = "upstream_stream_interrupted"
 
 # A trailing snapshot/version tag: a date (2024-08-06, 20241022, 2407), "latest",
 # "v1"/"v1.5"/"v2:0", or a three-digit revision (gemini-1.5-pro-001).
@@ -80,3 +82,12 @@ def ensure_routed_model(route: Route, answered: Iterable[object]) -> None:
                 "routed; the answer was discarded and nothing was charged.",
                 code=MODEL_MISMATCH,
             )
+
+
+def interrupted_event(reason: str) -> dict[str, object]:
+    """The OpenAI-style error event that ends a stream the upstream broke off (never the
+    provider's own text, which may echo a BYOK key)."""
+    return {"error": {
+        "message": f"The model provider's stream failed partway ({reason}); you were "
+                   "charged only for what was delivered (see GET /generations/{request_id}).",
+        "type": "upstream_error", "code": STREAM_INTERRUPTED, "param": None}}

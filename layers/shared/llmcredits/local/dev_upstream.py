@@ -32,6 +32,14 @@ OpenAI error object), ``wrong-model`` (a normal answer that reports another mode
 connection closes without ``data: [DONE]``; a non-streamed answer is cut halfway).
 ``X-Dev-Upstream-Delay`` alone delays a normal answer.
 
+Paced mode (benchmarks, long completions): ``[[dev-upstream-pace:N,G]]`` in the last
+user message, or the header ``X-Dev-Upstream-Pace: N,G``, answers with N one-token
+content chunks ``t1 t2 ...``, the first at once and each next G ms later (a
+non-streamed answer comes whole after N*G ms; ``7,5000`` takes 35 s). A third number
+K (``N,G,K``) fails the stream after K content chunks: an error event, or with the
+``stream-cut`` fault a dropped connection. Each paced stream is recorded in
+:attr:`DevUpstream.paced` (chunks sent; whether the reader went away first).
+
 Request bodies are decoded strictly (``jsonexact``: no NaN or Infinity, numbers in
 64-bit range), as a real provider's JSON parser would: what we forward must be JSON.
 
@@ -69,6 +77,7 @@ from llmcredits.units import Seconds
 DEV_HEADER = "X-Dev-Upstream"
 FAULT_HEADER = "X-Dev-Upstream-Fault"
 DELAY_HEADER = "X-Dev-Upstream-Delay"
+PACE_HEADER = "X-Dev-Upstream-Pace"
 REPLY_PREFIX = "[dev upstream] "
 #: Counted per message and per prompt (OpenAI counts 3 and 3; far below the hold bound's).
 MESSAGE_TOKENS = 3
@@ -85,6 +94,10 @@ MAX_BODY_BYTES = 16 * 1024 * 1024
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 _FAULT_MARKER = re.compile(r"\[\[dev-upstream-fault:([\w-]+)\]\]")
+_PACE_MARKER = re.compile(r"\[\[dev-upstream-pace:([\d, ]+)\]\]")
+#: Paced answers are bounded (a typo must not hold a test for hours).
+MAX_PACED_TOKENS = 100_000
+MAX_PACE_GAP_MS = 60_000
 
 
 # --------------------------------------------------------------------------- tokenizer
@@ -154,6 +167,36 @@ def reply_for(messages: Any, max_tokens: int | None) -> tuple[str, str]:
 
 
 @dataclass(frozen=True)
+class Pace:
+    tokens: int
+    gap_ms: int
+    fail_after: int | None = None
+
+
+def parse_pace(text: str) -> Pace:
+    try:
+        parts = [int(p) for p in text.replace(" ", "").split(",")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (2, 3) or not 1 <= parts[0] <= MAX_PACED_TOKENS or \
+            not 0 <= parts[1] <= MAX_PACE_GAP_MS or (len(parts) == 3 and parts[2] < 0):
+        raise _ApiError(400, f"A pace is N,G[,K]: 1..{MAX_PACED_TOKENS} tokens, 0.."
+                             f"{MAX_PACE_GAP_MS} ms apart, failing after K chunks.",
+                        "invalid_request_error", "invalid_pace")
+    return Pace(parts[0], parts[1], parts[2] if len(parts) == 3 else None)
+
+
+@dataclass
+class PacedStream:
+    """One paced stream as the dev upstream sent it."""
+
+    pace: Pace
+    sent: int = 0  # content chunks written
+    reader_left: bool = False  # a write failed: the caller closed the connection
+    finished: bool = False
+
+
+@dataclass(frozen=True)
 class RecordedRequest:
     method: str
     path: str
@@ -190,6 +233,7 @@ class DevUpstream(StandIn):
         self._requests: list[RecordedRequest] = []
         self._faults: deque[tuple[str, Seconds | None]] = deque()
         self._stopping = threading.Event()
+        self._paced: list[PacedStream] = []
 
     # ---- lifecycle
 
@@ -211,10 +255,17 @@ class DevUpstream(StandIn):
         with self._lock:
             return list(self._requests)
 
+    @property
+    def paced(self) -> list[PacedStream]:
+        """Every paced stream so far, oldest first (live objects: ``sent`` grows)."""
+        with self._lock:
+            return list(self._paced)
+
     def clear(self) -> None:
         with self._lock:
             self._requests.clear()
             self._faults.clear()
+            self._paced.clear()
 
     def inject(self, fault: str, *, times: int = 1, delay: Seconds | None = None) -> None:
         """Make the next ``times`` chat requests fail with ``fault`` (see module doc)."""
@@ -403,6 +454,11 @@ class _Handler(StandInHandler):
         if fault == "wrong-model":
             model = WRONG_MODEL
 
+        pace = self._pace(headers, messages)
+        if pace is not None:
+            self._paced_answer(body, model, messages, pace, fault)
+            return
+
         text, finish = reply_for(messages, max_tokens)
         completion = count_tokens(text)
         prompt = prompt_tokens(messages)
@@ -450,6 +506,81 @@ class _Handler(StandInHandler):
             self._send_cut(data[: len(data) // 2], "application/json")
             return
         self._json(200, response)
+
+    def _pace(self, headers: dict[str, str], messages: list[Any]) -> Pace | None:
+        raw = headers.get(PACE_HEADER.lower())
+        if raw is None:
+            marker = _PACE_MARKER.search(last_user_text(messages))
+            raw = marker.group(1) if marker else None
+        return None if raw is None else parse_pace(raw)
+
+    def _paced_answer(self, body: dict[str, Any], model: str, messages: list[Any], pace: Pace,
+                      fault: str | None) -> None:
+        """N one-token chunks, G ms apart (see the module doc)."""
+        up = self.server.owner
+        words = [f"t{i + 1} " for i in range(pace.tokens)]
+        prompt = prompt_tokens(messages)
+        usage = {"prompt_tokens": prompt, "completion_tokens": pace.tokens,
+                 "total_tokens": prompt + pace.tokens}
+        ident = f"chatcmpl-dev-{uuid.uuid4().hex[:24]}"
+        created = int(time.time())
+        if body.get("stream") is not True:
+            up._sleep(pace.tokens * pace.gap_ms / 1000)
+            self._json(200, {
+                "id": ident, "object": "chat.completion", "created": created, "model": model,
+                "choices": [{"index": 0, "message": {"role": "assistant",
+                                                     "content": "".join(words).strip()},
+                             "logprobs": None, "finish_reason": "stop"}],
+                "usage": usage})
+            return
+        options = body.get("stream_options")
+        include = isinstance(options, dict) and options.get("include_usage") is True
+        record = PacedStream(pace)
+        with up._lock:
+            up._paced.append(record)
+
+        def event(choices: list[Any], **extra: Any) -> bytes:
+            data = {"id": ident, "object": "chat.completion.chunk", "created": created,
+                    "model": model, "choices": choices, **extra}
+            return f"data: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+        def delta(content: dict[str, Any], finish: str | None = None) -> bytes:
+            return event([{"index": 0, "delta": content, "logprobs": None,
+                           "finish_reason": finish}])
+
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header(DEV_HEADER, "true")
+        self.send_header("Connection", "close")  # the body ends when the connection does
+        self.end_headers()
+        self.close_connection = True
+        try:
+            self._write(delta({"role": "assistant", "content": ""}) + delta({"content": words[0]}))
+            record.sent = 1
+            for word in words[1:]:
+                if pace.fail_after is not None and record.sent >= pace.fail_after:
+                    break
+                up._sleep(pace.gap_ms / 1000)
+                self._write(delta({"content": word}))
+                record.sent += 1
+            if pace.fail_after is not None and record.sent >= pace.fail_after:
+                if fault != "stream-cut":
+                    self._write(b'data: {"error":{"message":"Injected mid-stream error (dev '
+                                b'upstream).","type":"api_error","code":"dev_upstream_fault"}}'
+                                b'\n\n')
+                return  # no [DONE]: a failed stream
+            tail = delta({}, "stop")
+            if include:
+                tail += event([], usage=usage)
+            self._write(tail + b"data: [DONE]\n\n")
+            record.finished = True
+        except (BrokenPipeError, ConnectionResetError):
+            record.reader_left = True
+
+    def _write(self, data: bytes) -> None:
+        self.wfile.write(data)
+        self.wfile.flush()
 
     def _fault(
         self, headers: dict[str, str], messages: list[Any]

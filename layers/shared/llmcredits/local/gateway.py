@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
+from llmcredits import lambda_streaming
 from llmcredits.local.template import LOCAL_ACCOUNT_ID, LambdaAuthorizerDef, Route, Template
 from llmcredits.units import Seconds
 
@@ -263,6 +264,26 @@ def map_lambda_response(result: Any) -> HttpResponse:
     else:
         data = body.encode("utf-8")
     return HttpResponse(status, headers, data)
+
+
+def map_streamed_response(stream: Iterator[bytes]) -> HttpResponse:
+    """A response-streaming integration's answer (``responseTransferMode: STREAM``): the
+    prelude gives status and headers, the rest is the body, passed on chunk by chunk
+    (no buffering, no 6 MB or 29 s limit)."""
+    try:
+        meta, body = lambda_streaming.decode(stream)
+    except lambda_streaming.PreludeError as exc:
+        raise MalformedProxyResponse(str(exc)) from exc
+    status = int(meta["statusCode"])
+    if not 100 <= status <= 599:
+        raise MalformedProxyResponse(f"invalid statusCode {status}")
+    headers = [(str(k), str(v)) for k, v in (meta.get("headers") or {}).items()]
+    seen = {name.lower() for name, _ in headers}
+    for name, values in (meta.get("multiValueHeaders") or {}).items():
+        if str(name).lower() not in seen:
+            headers += [(str(name), str(v)) for v in (values if isinstance(values, list)
+                                                        else [values])]
+    return HttpResponse(status, headers, chunks=body)
 
 
 # -------------------------------------------------------------- gateway responses

@@ -105,6 +105,11 @@ class RequestHandler(BaseHTTPRequestHandler):
             self.wfile.write(b"0\r\n\r\n")
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True  # the client left; the producer sees GeneratorExit
+        except Exception:
+            # The function failed mid-stream (in AWS: error trailers, then the stream
+            # ends): the status is out, so end the connection without the last chunk.
+            traceback.print_exc(file=sys.stderr)
+            self.close_connection = True
         finally:
             close = getattr(resp.chunks, "close", None)
             if callable(close):

@@ -10,10 +10,11 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from llmcredits import lambda_streaming
 from llmcredits.local.embedded import (
     region,
 )
@@ -134,6 +135,37 @@ class FunctionRegistry:
         if not callable(handler):
             raise AttributeError(f"{file_path} has no callable {attr!r}")
         return handler
+
+    def invoke_streaming(self, function_id: str, event: Any) -> Iterator[bytes]:
+        """Invoke as API Gateway's response-streaming integration does: the handler's
+        answer as the http-integration-response byte stream (prelude, 8 NULs, body) that
+        ``llmcredits.lambda_streaming`` posts to the Runtime API in AWS, each piece as
+        the handler yields it. The environment stays busy until the stream ends."""
+        fn = self.defs[function_id]
+        handler = self._checkout(function_id)
+        context = LambdaContext(fn, self.function_name(function_id), region())
+        started = time.monotonic()
+        try:
+            result = handler(event, context)
+        except BaseException:
+            self._checkin(function_id, handler)
+            raise
+
+        def pieces() -> Iterator[bytes]:
+            encoded = lambda_streaming.encode(result)
+            try:
+                yield from encoded
+            finally:
+                encoded.close()
+                if isinstance(result, lambda_streaming.StreamingResponse):
+                    result.close()  # the client left: the handler's generator is closed
+                self._checkin(function_id, handler)
+                elapsed = time.monotonic() - started
+                if elapsed > fn.timeout:
+                    log.warning("%s streamed %.1fs, over its Timeout of %ss", function_id,
+                                elapsed, fn.timeout)
+
+        return pieces()
 
     def invoke(self, function_id: str, event: Any) -> Any:
         fn = self.defs[function_id]

@@ -446,6 +446,10 @@ class LocalStack:
         if context is not None:
             event["requestContext"]["authorizer"] = context
         try:
+            if route.streaming:  # ResponseTransferMode: RESPONSE_STREAM (the chat route)
+                resp = gateway.map_streamed_response(
+                    self.functions.invoke_streaming(route.function_id, event))
+                return resp, route.function_id
             resp = gateway.map_lambda_response(self.functions.invoke(route.function_id, event))
         except MalformedProxyResponse as exc:
             sys.stderr.write(f"[{route.function_id}] {request_id} malformed response: {exc}\n")

@@ -227,6 +227,8 @@ class Route:
     authorizer: str | None  # None = no auth; else the Lambda authorizer's name
     event_name: str = ""
     api_id: str = ""
+    #: ``ResponseTransferMode: RESPONSE_STREAM``: the function streams its answer.
+    streaming: bool = False
 
     @property
     def route_key(self) -> str:
@@ -432,6 +434,7 @@ class Template:
                         authorizer=str(authorizer) if authorizer else None,
                         event_name=ev_name,
                         api_id=str(api_id or ""),
+                        streaming=props.get("ResponseTransferMode") == "RESPONSE_STREAM",
                     )
                 )
         return out

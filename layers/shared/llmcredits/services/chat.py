@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Generator, Iterator, Sequence
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol
 
 from llmcredits import jsonexact
-from llmcredits.domain.answer import ensure_routed_model
+from llmcredits.domain.answer import ensure_routed_model, interrupted_event
 from llmcredits.domain.api_keys import ApiKey, check_power_level
 from llmcredits.domain.byok import may_have_key, redact
 from llmcredits.domain.ledger import Account, GuardedWrite, Hold, fingerprint
@@ -31,9 +31,10 @@ log = logging.getLogger(__name__)
 # Responses kept for an Idempotency-Key, at most this large (DynamoDB items stop at
 # 400 KB); a retry of a larger one gets 409 ``idempotency_response_too_large``.
 MAX_STORED_RESPONSE_BYTES = 256 * 1024
-# A claim still "running" after this long belongs to a process that died (the chat
-# function's timeout is 60 s); a retry may then take the key over.
-IDEMPOTENCY_LEASE_SECONDS = 15 * 60
+# A claim still "running" after this long belongs to a process that died (longer than
+# the chat function's timeout, 900 s: tests/unit/test_stream_timeouts.py); a retry may
+# then take the key over.
+IDEMPOTENCY_LEASE_SECONDS = 20 * 60
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
 
 
@@ -51,8 +52,30 @@ class Reply(Protocol):
     def billable_usage(self, prompt_bound: int, completion_bound: int) -> Any: ...
 
 
+class Stream(Protocol):
+    """A streamed answer being read (dal.upstream.UpstreamStream)."""
+
+    @property
+    def failure(self) -> Exception | None: ...
+
+    @property
+    def failure_reason(self) -> str: ...
+
+    def __iter__(self) -> Iterator[dict[str, Any]]: ...
+
+    @property
+    def partial(self) -> bool: ...
+
+    def billable_usage(self, prompt_bound: int, completion_bound: int) -> Any: ...
+
+    def close(self) -> None: ...
+
+
 class Upstream(Protocol):
     def complete(self, payload: dict[str, Any], headers: dict[str, str]) -> Reply: ...
+
+    def open_stream(self, payload: dict[str, Any], headers: dict[str, str], *,
+                    check_model: Callable[[str], None] | None = None) -> Stream: ...
 
 
 class ProviderKeys(Protocol):
@@ -88,6 +111,16 @@ class NoExtras:
         return ()
 
 
+@dataclass
+class StreamOutcome:
+    """How a stream ended, filled in when it is settled (for the handler's metrics)."""
+
+    settled: bool = False
+    cost: Decimal = ZERO
+    upstream_ms: int = 0
+    partial: bool = False
+
+
 @dataclass(frozen=True)
 class ChatResult:
     status: int
@@ -97,6 +130,11 @@ class ChatResult:
     # For metrics (the handler emits them): what was charged, and the upstream's time.
     cost: Decimal = ZERO
     upstream_ms: int = 0
+    # A streamed answer: the event stream's text, piece by piece as the upstream sends
+    # it (``body`` is empty); settled when the last upstream chunk is read, before the
+    # usage chunk and ``[DONE]``. Closing it early (the client left) settles as partial.
+    stream: Generator[str, None, None] | None = None
+    outcome: StreamOutcome = field(default_factory=StreamOutcome)
 
 
 class ChatService:
@@ -152,18 +190,26 @@ class ChatService:
             # Nothing was charged: free the key so a retry runs again.
             self._ledger.drop_response_claim(user_id, idempotency_key)
             raise
-        size = len(result.body.encode())
-        stored = StoredResponse(
-            status=result.status,
-            content_type=result.content_type,
-            body=result.body if size <= MAX_STORED_RESPONSE_BYTES else None,
-            headers=result.headers,
-        )
-        try:
-            self._ledger.finish_response(user_id, idempotency_key, request_fingerprint, stored)
-        except Exception:  # the answer is charged; a retry now sees "running" until the lease
-            log.warning("storing the idempotent response failed", exc_info=True)
-        return result
+
+        def store(body: str) -> None:
+            size = len(body.encode())
+            stored = StoredResponse(
+                status=result.status,
+                content_type=result.content_type,
+                body=body if size <= MAX_STORED_RESPONSE_BYTES else None,
+                headers=result.headers,
+            )
+            try:
+                self._ledger.finish_response(user_id, idempotency_key, request_fingerprint,
+                                             stored)
+            except Exception:  # charged; a retry now sees "running" until the lease ends
+                log.warning("storing the idempotent response failed", exc_info=True)
+
+        if result.stream is None:
+            store(result.body)
+            return result
+        return ChatResult(result.status, result.content_type, "", result.headers,
+                          stream=_recorded(result.stream, store), outcome=result.outcome)
 
     def _complete(
         self,
@@ -215,13 +261,27 @@ class ChatService:
         payload.pop("max_completion_tokens", None)
         payload["max_tokens"] = max_tokens
         if request.stream:
+            # [input] Always asked of the upstream (the settle needs it); passed on to the
+            # client only when it asked.
             payload["stream_options"] = {**(request.stream_options or {}), "include_usage": True}
         if api_key:
             payload["api_key"] = api_key  # LiteLLM's client-side credential
+        charge = _Charge(self, account, hold, route, tier, fee_rate, prompt_bound,
+                         request.n * max_tokens, request_id, bool(api_key), extras)
+        headers = {
+            "X-Request-Id": request_id,
+            # [input] X-Max-Tokens-Clipped: <requested> when max_tokens was lowered.
+            **self._catalog.clip_headers(request.requested_max_tokens(), route),
+        }
         started = time.monotonic()
         try:
-            reply = self._upstream.complete(payload, {"X-Request-Id": request_id})
-            ensure_routed_model(route, reply.models)  # [input] another model: 502, released
+            if request.stream:
+                stream = self._upstream.open_stream(
+                    payload, {"X-Request-Id": request_id},
+                    check_model=lambda name: ensure_routed_model(route, [name]))
+            else:
+                reply = self._upstream.complete(payload, {"X-Request-Id": request_id})
+                ensure_routed_model(route, reply.models)  # [input] another model: 502
         except Exception as exc:
             # 502/504/4xx from the upstream, or anything else: no charge, hold back.
             self._ledger.release(hold, account, extras.on_release(hold))
@@ -229,62 +289,91 @@ class ChatService:
                 # A provider may echo the caller's key in its error: never pass it on.
                 raise without_secret(exc, api_key) from None
             raise
+        if request.stream:
+            outcome = StreamOutcome()
+            asked = bool((request.stream_options or {}).get("include_usage"))
+            events = self._events(stream, charge, started, outcome, include_usage=asked)
+            return ChatResult(200, "text/event-stream", "",
+                              {**headers, "Cache-Control": "no-cache"},
+                              stream=events, outcome=outcome)
         latency_ms = int((time.monotonic() - started) * 1000)
-
-        # [input] Reported usage; a stream cut partway: prompt bound + delivered bytes.
-        usage = reply.billable_usage(prompt_bound, request.n * max_tokens)
-        metadata: dict[str, Any] = {
-            "request_id": request_id,
-            "power_level": route.power_level,
-            "byok": bool(api_key),
-            "latency_ms": latency_ms,
-        }
-        if reply.partial:
-            metadata["partial"] = True  # [input] the upstream's stream failed partway
-        tokens = None
-        if usage is None:
-            # No usage reported: charge the bound we reserved (never more) and say so.
-            cost = hold.amount
-            metadata["usage_missing"] = True
-        else:
-            prompt_tokens, completion_tokens = usage.prompt_tokens, usage.completion_tokens
-            tokens = prompt_tokens + completion_tokens
-            cost = self._price(route, tier, prompt_tokens, completion_tokens, fee_rate)
-            metadata["prompt_tokens"] = prompt_tokens
-            metadata["completion_tokens"] = completion_tokens
-            if cost > hold.amount:
-                # The upstream reported more than the bound allows; the hold is all we
-                # reserved, so it is all we may take (never overdraw).
-                metadata["capped_at_hold"] = format_money(cost)
-                cost = hold.amount
-        settled = self._ledger.settle(
-            account,
-            hold,
-            cost,
-            provider=route.provider,
-            model=route.model,
-            tokens=tokens,
-            metadata=metadata,
-            extra=extras.on_settle(hold, cost),
-        )
-        headers = {
-            "X-Credits-Charged": format_money(cost),
-            "X-Request-Id": request_id,
-            # [input] X-Max-Tokens-Clipped: <requested> when max_tokens was lowered.
-            **self._catalog.clip_headers(request.requested_max_tokens(), route),
-        }
+        # [input] Reported usage (no usage: the hold).
+        cost, settled = charge.settle(reply.billable_usage(prompt_bound, request.n * max_tokens),
+                                      latency_ms, partial=reply.partial)
+        headers["X-Credits-Charged"] = format_money(cost)
         if settled.entry.balance_after is not None:
             headers["X-Credits-Remaining"] = format_money(settled.entry.balance_after)
         if settled.pending:
             # Recorded on the hold; the settle worker commits it within a minute.
             headers["X-Credits-Settlement"] = "pending"
-        if request.stream:
-            return ChatResult(200, "text/event-stream", self._sse(reply.chunks, cost), headers,
-                              cost=cost, upstream_ms=latency_ms)
         body = dict(reply.body or {})
+        body["id"] = request_id  # what GET /generations/{request_id} looks up
         body["usage"] = {**(body.get("usage") or {}), "cost": quantize(cost)}
         return ChatResult(200, "application/json", jsonexact.dumps(body), headers,
                           cost=cost, upstream_ms=latency_ms)
+
+    def _events(self, stream: Stream, charge: _Charge, started: float, outcome: StreamOutcome,
+                *, include_usage: bool) -> Generator[str, None, None]:
+        """The client's event stream: each upstream chunk as it arrives (``id`` = the
+        request id, usage removed), then, once the upstream is done and the answer
+        settled, the usage chunk with ``cost`` (only if the client asked), an error
+        event if the upstream failed partway, and ``data: [DONE]``.
+
+        Closed early (the client left: ``GeneratorExit`` at a yield), it stops reading
+        the upstream and settles for what was generated, as partial."""
+        last: dict[str, Any] = {}
+        raw_usage: dict[str, Any] | None = None
+        try:
+            for chunk in stream:
+                if isinstance(chunk.get("usage"), dict):
+                    raw_usage = chunk["usage"]
+                last = chunk
+                out = client_chunk(chunk, charge.request_id, include_usage=include_usage)
+                if out is not None:
+                    yield f"data: {jsonexact.dumps(out)}\n\n"
+        except GeneratorExit:
+            stream.close()  # the client is gone: the provider stops generating
+            self._settle_stream(stream, charge, started, outcome, client_gone=True)
+            raise
+        stream.close()
+        try:
+            cost, pending = self._settle_stream(stream, charge, started, outcome)
+        except Exception:
+            # The answer was delivered; the hold stays for the sweeper. Say so, then end.
+            log.exception("settling a stream failed")
+            yield "data: " + jsonexact.dumps({"error": {
+                "message": "The charge for this answer could not be recorded yet; see GET "
+                           "/generations/{request_id}.", "type": "server_error",
+                "code": "settlement_failed", "param": None}}) + "\n\n"
+            yield "data: [DONE]\n\n"
+            return
+        if include_usage:
+            usage: dict[str, Any] = {**(raw_usage or {}), "cost": quantize(cost)}
+            if pending:
+                # A header can't say it after the body started: the usage chunk does.
+                usage["settlement"] = "pending"
+            yield "data: " + jsonexact.dumps({
+                "id": charge.request_id, "object": "chat.completion.chunk",
+                "created": last.get("created", int(time.time())),
+                "model": last.get("model", charge.route.upstream_model),
+                **({"system_fingerprint": last["system_fingerprint"]}
+                   if "system_fingerprint" in last else {}),
+                "choices": [], "usage": usage,
+            }) + "\n\n"
+        if stream.failure is not None:
+            yield f"data: {jsonexact.dumps(interrupted_event(stream.failure_reason))}\n\n"
+        yield "data: [DONE]\n\n"
+
+    @staticmethod
+    def _settle_stream(stream: Stream, charge: _Charge, started: float, outcome: StreamOutcome,
+                       *, client_gone: bool = False) -> tuple[Decimal, bool]:
+        latency_ms = int((time.monotonic() - started) * 1000)
+        usage = stream.billable_usage(charge.prompt_bound, charge.completion_bound)
+        cost, settled = charge.settle(usage, latency_ms, partial=stream.partial,
+                                      client_gone=client_gone)
+        outcome.settled, outcome.cost = True, cost
+        outcome.upstream_ms, outcome.partial = latency_ms, stream.partial
+        return cost, settled.pending
 
     def _price(
         self, route: Route, tier: str, prompt: int, completion: int, fee_rate: Decimal
@@ -292,25 +381,96 @@ class ChatService:
         price = self._catalog.charge(route, None, tier, prompt, completion)
         return price if fee_rate == 1 else quantize(price * fee_rate)
 
-    @staticmethod
-    def _sse(chunks: list[dict[str, Any]], cost: Decimal) -> str:
-        """A complete event stream: every chunk, usage (with cost) last, then [DONE]."""
-        lines = []
-        usage_seen = False
-        for chunk in chunks:
-            if isinstance(chunk.get("usage"), dict):
-                chunk = {**chunk, "usage": {**chunk["usage"], "cost": quantize(cost)}}
-                usage_seen = True
-            lines.append(f"data: {jsonexact.dumps(chunk)}\n\n")
-        if not usage_seen and chunks:
-            last = chunks[-1]
-            lines.append("data: " + jsonexact.dumps({
-                "id": last.get("id"), "object": "chat.completion.chunk",
-                "created": last.get("created"), "model": last.get("model"),
-                "choices": [], "usage": {"cost": quantize(cost)},
-            }) + "\n\n")
-        lines.append("data: [DONE]\n\n")
-        return "".join(lines)
+
+class _Charge:
+    """What settling one request needs: the hold, the route and the bounds."""
+
+    def __init__(self, service: ChatService, account: Account, hold: Hold, route: Route,
+                 tier: str, fee_rate: Decimal, prompt_bound: int, completion_bound: int,
+                 request_id: str, byok: bool, extras: TransactionExtras) -> None:
+        self.service, self.account, self.hold, self.route = service, account, hold, route
+        self.tier, self.fee_rate = tier, fee_rate
+        self.prompt_bound, self.completion_bound = prompt_bound, completion_bound
+        self.request_id, self.byok, self.extras = request_id, byok, extras
+
+    def settle(self, usage: Any, latency_ms: int, *, partial: bool,
+               client_gone: bool = False) -> tuple[Decimal, Any]:
+        """Charge ``usage`` (None: the hold, ``usage_missing``), never above the hold;
+        release the rest and write the usage entry (or record it for the worker)."""
+        metadata: dict[str, Any] = {
+            "request_id": self.request_id,
+            "power_level": self.route.power_level,
+            "byok": self.byok,
+            "latency_ms": latency_ms,
+        }
+        if partial:
+            metadata["partial"] = True  # [input] the stream ended before its end
+        if client_gone:
+            metadata["client_disconnected"] = True
+        tokens = None
+        if usage is None:
+            # No usage reported: charge the bound we reserved (never more) and say so.
+            cost = self.hold.amount
+            metadata["usage_missing"] = True
+        else:
+            prompt_tokens, completion_tokens = usage.prompt_tokens, usage.completion_tokens
+            tokens = prompt_tokens + completion_tokens
+            cost = self.service._price(self.route, self.tier, prompt_tokens, completion_tokens,
+                                       self.fee_rate)
+            metadata["prompt_tokens"] = prompt_tokens
+            metadata["completion_tokens"] = completion_tokens
+            if cost > self.hold.amount:
+                # The upstream reported more than the bound allows; the hold is all we
+                # reserved, so it is all we may take (never overdraw).
+                metadata["capped_at_hold"] = format_money(cost)
+                cost = self.hold.amount
+        settled = self.service._ledger.settle(
+            self.account,
+            self.hold,
+            cost,
+            provider=self.route.provider,
+            model=self.route.model,
+            tokens=tokens,
+            metadata=metadata,
+            extra=self.extras.on_settle(self.hold, cost),
+        )
+        return cost, settled
+
+
+def client_chunk(chunk: dict[str, Any], request_id: str, *,
+                 include_usage: bool) -> dict[str, Any] | None:
+    """An upstream chunk as the client gets it: ``id`` = the request id, the usage taken
+    out (the settled usage chunk comes at the end, only if asked; OpenAI then sends
+    ``"usage": null`` on the other chunks); a chunk left with no choices is dropped."""
+    if not chunk.get("choices"):
+        return None
+    out = {**chunk, "id": request_id}
+    if include_usage:
+        out["usage"] = None
+    else:
+        out.pop("usage", None)
+    return out
+
+
+def _recorded(events: Generator[str, None, None],
+              store: Callable[[str], None]) -> Generator[str, None, None]:
+    """``events`` passed on as they come, their text stored (Idempotency-Key) at the
+    end; a stream the client left is stored as far as it went, ended by an error event
+    (it was charged: a retry replays it rather than paying again)."""
+    sent: list[str] = []
+    try:
+        for event in events:
+            sent.append(event)
+            yield event
+    except GeneratorExit:
+        events.close()  # settles the partial answer
+        sent.append("data: " + jsonexact.dumps({"error": {
+            "message": "The client disconnected; the answer stopped here and was charged "
+                       "for what was generated.", "type": "server_error",
+            "code": "client_disconnected", "param": None}}) + "\n\ndata: [DONE]\n\n")
+        store("".join(sent))
+        raise
+    store("".join(sent))
 
 
 def replayed(same_body: bool, running: bool, response: StoredResponse | None) -> ChatResult:
