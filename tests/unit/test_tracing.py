@@ -34,6 +34,9 @@ def handle(event, context):
         sub = xray_recorder.current_subsegment()
         entry["subsegment"] = sub.name if sub else None
         entry["sampled"] = bool(sub and sub.sampled)
+        # What Powertools will annotate as ColdStart when this invocation ends.
+        from aws_lambda_powertools.tracing import tracer as tracer_module
+        entry["cold_start"] = tracer_module.is_cold_start
     seen.append(entry)
     return {"ok": True}
 
@@ -49,8 +52,6 @@ if "aws_xray_sdk" in sys.modules:
     import botocore.client, httpx
     report["botocore_patched"] = hasattr(botocore.client.BaseClient._make_api_call, "__wrapped__")
     report["httpx_patched"] = httpx.Client.__name__ == "_InstrumentedClient"
-    from aws_lambda_powertools.tracing import tracer as tracer_module
-    report["cold_start_left"] = tracer_module.is_cold_start
 print(json.dumps(report))
 """
 
@@ -89,19 +90,21 @@ def test_a_sampled_invocation_is_traced_and_patches_botocore_then_every_one_is()
     report = run([UNSAMPLED, SAMPLED, UNSAMPLED])
     first, second, third = report["seen"]
     assert first == {"xray": False, "subsegment": None}
-    assert second == {"xray": True, "subsegment": "## handle", "sampled": True}
+    # The container's cold invocation ran untraced: this one is not annotated ColdStart.
+    assert second == {"xray": True, "subsegment": "## handle", "sampled": True,
+                      "cold_start": False}
     # Once built, the tracer wraps every invocation (X-Ray decides what it records).
-    assert third["subsegment"] == "## handle"
+    assert third["subsegment"] == "## handle" and third["cold_start"] is False
     assert report["botocore_patched"] is True
     assert report["httpx_patched"] is False
-    # The container's cold invocation ran untraced: no later one is annotated ColdStart.
-    assert report["cold_start_left"] is False
 
 
 def test_the_first_invocation_when_sampled_is_the_cold_start():
-    report = run([SAMPLED])
-    assert report["seen"] == [{"xray": True, "subsegment": "## handle", "sampled": True}]
-    assert report["cold_start_left"] is False  # Powertools consumed it: ColdStart=true
+    report = run([SAMPLED, SAMPLED])
+    assert report["seen"] == [
+        {"xray": True, "subsegment": "## handle", "sampled": True, "cold_start": True},
+        {"xray": True, "subsegment": "## handle", "sampled": True, "cold_start": False},
+    ]
 
 
 def test_patch_builds_the_tracer_at_once_so_clients_made_next_are_traced():
