@@ -9,8 +9,9 @@
 - Cold start (issue 15): no function imports the X-Ray SDK at init (the Tracer is built
   on the first sampled invocation, ``llmcredits.http.tracing``), none creates the
   models that only document responses (``llmcredits.http.openapi_models``), the
-  functions that make no AWS call do not import botocore's clients, and the API models build no
-  validator at import.
+  functions that make no AWS call do not import botocore's clients, the scheduled,
+  stream and authorizer functions import neither pydantic nor the HTTP resolver, and the
+  API models build no validator at import.
 
 Also: scripts/package.py reads template.yaml exactly as PyYAML with CloudFormation tags.
 """
@@ -116,6 +117,15 @@ def test_functions_that_call_no_aws_service_do_not_import_botocore_clients():
     assert report == {"health": [], "openapi": []}
 
 
+def test_scheduled_stream_and_authorizer_functions_import_no_pydantic_nor_resolver():
+    # They validate no request and build no response model (GET /usage's models live in
+    # models_usage, not in services.usage, which the aggregator and reconciler share).
+    not_http = [FUNCTIONS / n for n in ("authorizer", "hold_sweeper", "settle_worker",
+                                         "reconcile", "usage_aggregator")]
+    report = imported(not_http, ["pydantic", "aws_lambda_powertools.event_handler"])
+    assert {name: new for name, new in report.items() if new} == {}
+
+
 def test_package_script_reads_the_template_like_pyyaml():
     sys.path.insert(0, str(ROOT / "scripts"))
     try:
@@ -151,10 +161,10 @@ def test_api_models_build_their_validators_on_first_use_not_at_import():
         f"sys.path.insert(0, {str(ROOT / 'layers' / 'shared')!r})\n"
         "import pydantic\n"
         "from llmcredits import models, models_byok, models_catalog, models_chat,"
-        " models_payments\n"
+        " models_payments, models_usage\n"
         "from llmcredits.http import openapi_models\n"
         "mods = [models, models_byok, models_catalog, models_chat, models_payments,"
-        " openapi_models]\n"
+        " models_usage, openapi_models]\n"
         "built = sorted(f'{m.__name__}.{n}' for m in mods for n, c in vars(m).items()\n"
         "    if isinstance(c, type) and issubclass(c, pydantic.BaseModel)\n"
         "    and c.__module__ == m.__name__ and c.__pydantic_complete__)\n"
