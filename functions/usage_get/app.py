@@ -6,7 +6,8 @@ from aws_lambda_powertools.event_handler.openapi.params import Query
 from llmcredits.bootstrap import usage_service
 from llmcredits.http.api import API_PREFIX, caller, entry_point, make_app
 from llmcredits.http.openapi_responses import errors, ok
-from llmcredits.services.usage import MAX_DAYS, UsageResponse
+from llmcredits.models_usage import UsageResponse
+from llmcredits.services.usage import MAX_DAYS
 
 app = make_app()
 

@@ -6,6 +6,13 @@
   ``cryptography`` itself may be loaded in the dev venv: botocore imports it through
   pyOpenSSL, which dev tools install (the Lambda runtime has no pyOpenSSL).
 
+- Cold start (issue 15): no function imports the X-Ray SDK at init (the Tracer is built
+  on the first sampled invocation, ``llmcredits.http.tracing``), none creates the
+  models that only document responses (``llmcredits.http.openapi_models``), the
+  functions that make no AWS call do not import botocore's clients, the scheduled,
+  stream and authorizer functions import neither pydantic nor the HTTP resolver, and the
+  API models build no validator at import.
+
 Also: scripts/package.py reads template.yaml exactly as PyYAML with CloudFormation tags.
 """
 
@@ -50,6 +57,7 @@ LAMBDA_ENV = {
     "POWERTOOLS_LOGGER_LOG_EVENT": "false",
     # Powertools Tracer patches (and so imports) libraries only inside Lambda.
     "AWS_LAMBDA_FUNCTION_NAME": "llmcredits-test",
+    "LAMBDA_TASK_ROOT": "/var/task",  # Powertools' test for "tracing on" (in Lambda)
     "AWS_EXECUTION_ENV": "AWS_Lambda_python3.13",
     "AWS_XRAY_CONTEXT_MISSING": "LOG_ERROR",
     "AWS_REGION": "us-east-1",
@@ -92,6 +100,32 @@ def test_no_function_but_byok_post_and_chat_could_need_the_envelope_at_import():
     assert {name: new for name, new in report.items() if new} == {}
 
 
+def test_no_function_imports_the_xray_sdk_at_cold_start():
+    report = imported(function_dirs(), ["aws_xray_sdk", "wrapt"])
+    assert {name: new for name, new in report.items() if new} == {}
+
+
+def test_no_function_creates_the_response_documentation_models_at_import():
+    report = imported(function_dirs(), ["llmcredits.http.openapi_models"])
+    assert {name: new for name, new in report.items() if new} == {}
+
+
+def test_functions_that_call_no_aws_service_do_not_import_botocore_clients():
+    # Before the lazy tracer, patching botocore at init imported its client machinery into
+    # every function. (Powertools' own __init__ imports the bare botocore package.)
+    report = imported([FUNCTIONS / "health", FUNCTIONS / "openapi"], ["botocore.client"])
+    assert report == {"health": [], "openapi": []}
+
+
+def test_scheduled_stream_and_authorizer_functions_import_no_pydantic_nor_resolver():
+    # They validate no request and build no response model (GET /usage's models live in
+    # models_usage, not in services.usage, which the aggregator and reconciler share).
+    not_http = [FUNCTIONS / n for n in ("authorizer", "hold_sweeper", "settle_worker",
+                                         "reconcile", "usage_aggregator")]
+    report = imported(not_http, ["pydantic", "aws_lambda_powertools.event_handler"])
+    assert {name: new for name, new in report.items() if new} == {}
+
+
 def test_package_script_reads_the_template_like_pyyaml():
     sys.path.insert(0, str(ROOT / "scripts"))
     try:
@@ -127,10 +161,10 @@ def test_api_models_build_their_validators_on_first_use_not_at_import():
         f"sys.path.insert(0, {str(ROOT / 'layers' / 'shared')!r})\n"
         "import pydantic\n"
         "from llmcredits import models, models_byok, models_catalog, models_chat,"
-        " models_payments\n"
-        "from llmcredits.http import openapi_responses\n"
+        " models_payments, models_usage\n"
+        "from llmcredits.http import openapi_models\n"
         "mods = [models, models_byok, models_catalog, models_chat, models_payments,"
-        " openapi_responses]\n"
+        " models_usage, openapi_models]\n"
         "built = sorted(f'{m.__name__}.{n}' for m in mods for n, c in vars(m).items()\n"
         "    if isinstance(c, type) and issubclass(c, pydantic.BaseModel)\n"
         "    and c.__module__ == m.__name__ and c.__pydantic_complete__)\n"

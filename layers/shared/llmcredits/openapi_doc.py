@@ -103,13 +103,15 @@ def build_document(functions_dir: Path, template_path: Path) -> dict[str, Any]:
     from aws_lambda_powertools.event_handler.openapi.merge import OpenAPIMerge
 
     from llmcredits.domain.access import ROUTES
+    from llmcredits.http.openapi_responses import documenting
 
     merger = OpenAPIMerge(title=TITLE, version=__version__, description=DESCRIPTION,
                           security_schemes=SECURITY_SCHEMES, on_conflict="error")
     for app_file in sorted(functions_dir.glob("*/app.py")):
         if "make_app()" in app_file.read_text():  # an HTTP route (not a stream/schedule)
             merger.add_file(app_file, resolver_name="app")
-    doc: dict[str, Any] = json.loads(merger.get_openapi_json_schema())  # JSON-mode values
+    with documenting():  # the handlers are loaded here: their routes carry the responses
+        doc: dict[str, Any] = json.loads(merger.get_openapi_json_schema())  # JSON-mode values
     access = {(r.method.lower(), r.path): r.audience for r in ROUTES}
     for path, operations in doc.get("paths", {}).items():
         for method, operation in operations.items():

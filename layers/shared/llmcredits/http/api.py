@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -35,6 +35,7 @@ from llmcredits.errors import (
     error_body,
 )
 from llmcredits.http.log_scrub import ScrubbingFormatter
+from llmcredits.http.tracing import SampledTracer
 from llmcredits.money import quantize
 
 if TYPE_CHECKING:
@@ -50,10 +51,11 @@ SERVICE = "llmcredits"
 MICRO = 1_000_000
 
 logger = Logger(service=SERVICE, logger_formatter=ScrubbingFormatter())
-# Patch only botocore at init: X-Ray's default patches (and so imports) every library it
-# knows, which cost every function ~35 ms of cold start. The outbound HTTP clients are
-# patched where they are created (bootstrap), so only the functions that use them pay.
-tracer = Tracer(service=SERVICE, patch_modules=("botocore",))
+# Powertools' Tracer, built on the first sampled invocation (the X-Ray SDK is not imported
+# at init: http/tracing.py). It patches only botocore: X-Ray's default patches (and so
+# imports) every library it knows. The outbound HTTP clients are patched where they are
+# created (bootstrap), so only the functions that use them pay.
+tracer = SampledTracer(service=SERVICE, patch_modules=("botocore",))
 metrics = Metrics(namespace="llmcredits", service=SERVICE)
 
 

@@ -1,123 +1,50 @@
 """Reusable OpenAPI ``responses`` for the route decorators.
 
 Every error the API answers has the OpenAI shape ``{"error": {"message", "type", "code",
-"param"}}`` (:class:`ErrorResponse`). API Gateway itself answers some statuses before a
+"param"}}`` (``ErrorResponse``). API Gateway itself answers some statuses before a
 function runs (401 from the Lambda authorizer, 403 for a route the credential may not
 call, 413 over its 10 MB limit) through the template's gateway responses, in the same
-shape; those statuses document :class:`GatewayOrApiError`, which also accepts the bare
-``{"message"}`` of an API Gateway default.
+shape; those statuses document ``GatewayOrApiError``, which also accepts the bare
+``{"message"}`` of an API Gateway default (models in :mod:`llmcredits.http.openapi_models`).
 
 A decorator combines :func:`ok` / :func:`created` / :func:`no_content` with
 :func:`errors`::
 
     @app.get(path, responses={**ok("The account"), **errors(401, 403, 404)})
 
-The models here only document responses; handlers never build them.
+Powertools uses a route's ``responses`` only for the OpenAPI document (and builds a
+validator for each of their models on the route's first request), so the helpers return
+``{}`` unless the document is being generated (:func:`documenting`, entered by
+``openapi_doc.build_document``): at cold start no function creates the documentation
+models nor pays for them on its first request.
 """
 
 from __future__ import annotations
 
-from decimal import Decimal
-from typing import Annotated, Any, Literal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
-from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse
-from pydantic import ConfigDict, Field, RootModel, WithJsonSchema
+from llmcredits.models import MONEY_SCHEMA
 
-from llmcredits.models import MONEY_SCHEMA, ApiModel
+if TYPE_CHECKING:
+    from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse
 
 JSON = "application/json"
 EVENT_STREAM = "text/event-stream"
 
-
-# ------------------------------------------------------------------ error bodies
-
-
-class ErrorDetail(ApiModel):
-    message: str = Field(description="What went wrong, for a human")
-    type: str = Field(
-        description="invalid_request_error, authentication_error, billing_error, "
-        "permission_error, not_found_error, conflict_error, rate_limit_error, "
-        "upstream_error or server_error",
-        examples=["invalid_request_error"],
-    )
-    code: str | None = Field(
-        description="Machine-readable reason, e.g. invalid_request, insufficient_credits, "
-        "monthly_cap_reached, rate_limited, idempotency_conflict, request_too_large",
-        examples=["insufficient_credits"],
-    )
-    param: str | None = Field(description="The offending parameter, when there is one")
+_documenting = False
 
 
-class ErrorResponse(ApiModel):
-    """The OpenAI error shape, used by every error this API answers."""
-
-    error: ErrorDetail
-
-
-class GatewayError(ApiModel):
-    """API Gateway's own answer (before any function runs): ``{"message": ...}``.
-
-    The local stack adds the OpenAI ``error`` object next to ``message``."""
-
-    message: str = Field(examples=["Unauthorized"])
-    error: ErrorDetail | None = None
-
-
-class GatewayOrApiError(RootModel[ErrorResponse | GatewayError]):
-    """Either API Gateway's ``{"message"}`` or the API's OpenAI-shaped error."""
-
-    model_config = ConfigDict(defer_build=True)  # as ApiModel (a RootModel cannot share it)
-
-
-# ------------------------------------------------------- chat completion bodies
-
-CostNumber = Annotated[
-    Decimal,
-    WithJsonSchema({
-        "type": "number",
-        "minimum": 0,
-        "description": "Credits charged for this request (exact decimal, up to 6 places; "
-        "the same amount as the X-Credits-Charged header)",
-        "examples": [0.000123],
-    }),
-]
-
-
-class CompletionUsage(ApiModel):
-    model_config = ConfigDict(extra="allow")
-
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    total_tokens: int | None = None
-    cost: CostNumber
-
-
-class CompletionMessage(ApiModel):
-    model_config = ConfigDict(extra="allow")
-
-    role: str = Field(examples=["assistant"])
-    content: str | None = None
-
-
-class CompletionChoice(ApiModel):
-    model_config = ConfigDict(extra="allow")
-
-    index: int
-    message: CompletionMessage
-    finish_reason: str | None = Field(default=None, examples=["stop"])
-
-
-class ChatCompletion(ApiModel):
-    """The upstream's OpenAI chat completion, passed through, plus ``usage.cost``."""
-
-    model_config = ConfigDict(extra="allow")
-
-    id: str
-    object: Literal["chat.completion"] = "chat.completion"
-    created: int
-    model: str
-    choices: list[CompletionChoice]
-    usage: CompletionUsage
+@contextmanager
+def documenting() -> Iterator[None]:
+    """Routes declared inside carry their OpenAPI ``responses`` (document generation)."""
+    global _documenting
+    previous, _documenting = _documenting, True
+    try:
+        yield
+    finally:
+        _documenting = previous
 
 
 CHAT_STREAM_DESCRIPTION = (
@@ -211,16 +138,22 @@ RETRY_AFTER: dict[str, Any] = {
 def ok(description: str = "Success", model: Any = None,
        headers: dict[str, Any] | None = None) -> dict[int, OpenAPIResponse]:
     """200; without ``model`` the schema comes from the handler's return annotation."""
+    if not _documenting:
+        return {}
     return {200: _success(description, model, headers)}
 
 
 def created(description: str, model: Any,
             headers: dict[str, Any] | None = None) -> dict[int, OpenAPIResponse]:
     """201 with ``model`` as the JSON body."""
+    if not _documenting:
+        return {}
     return {201: _success(description, model, headers)}
 
 
 def no_content(description: str = "Done; no body") -> dict[int, OpenAPIResponse]:
+    if not _documenting:
+        return {}
     # An empty content map: without one Powertools documents the return annotation.
     return {204: {"description": description, "content": {}}}
 
@@ -236,6 +169,10 @@ def _success(description: str, model: Any, headers: dict[str, Any] | None) -> Op
 
 def chat_completion_ok() -> dict[int, OpenAPIResponse]:
     """200 of POST /chat/completions: JSON, or the whole event stream with ``stream``."""
+    if not _documenting:
+        return {}
+    from llmcredits.http.openapi_models import ChatCompletion
+
     return {200: {
         "description": "The completion and what it cost. JSON, or with `stream: true` a "
         "complete `text/event-stream` body.",
@@ -293,6 +230,10 @@ def errors(
     """Error responses for ``statuses``; a ``(status, description)`` overrides the text.
 
     Statuses in ``gateway`` document API Gateway's ``{"message"}`` body as well."""
+    if not _documenting:
+        return {}
+    from llmcredits.http.openapi_models import ErrorResponse, GatewayOrApiError
+
     out: dict[int, OpenAPIResponse] = {}
     for item in statuses:
         status, description = item if isinstance(item, tuple) else (item,

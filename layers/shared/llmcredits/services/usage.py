@@ -17,14 +17,16 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
-from typing import Any, Protocol
-
-from pydantic import BaseModel, Field
+from typing import TYPE_CHECKING, Any, Protocol
 
 from llmcredits.domain.ledger import EntryType, LedgerEntry
 from llmcredits.errors import InvalidRequest
-from llmcredits.models import MoneyOut
 from llmcredits.money import ZERO, format_money
+
+if TYPE_CHECKING:
+    # GET /usage's response models are imported where built: the aggregator and the
+    # reconciler use this module too, and need no pydantic (cold start).
+    from llmcredits.models_usage import UsageResponse
 
 log = logging.getLogger(__name__)
 
@@ -196,44 +198,6 @@ class UsageAggregator:
 # ------------------------------------------------------------------- GET /usage
 
 
-class UsageTotalsOut(BaseModel):
-    requests: int = Field(description="Metered chat requests")
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-    cost: MoneyOut = Field(description="Credits charged")
-
-
-class ProviderUsageOut(UsageTotalsOut):
-    provider: str
-
-
-class ModelUsageOut(UsageTotalsOut):
-    model: str
-    provider: str
-
-
-class KeyUsageOut(UsageTotalsOut):
-    key_id: str | None = Field(description="The API key; null: requests with a login token")
-
-
-class DayUsageOut(UsageTotalsOut):
-    date: str = Field(examples=["2026-11-27"], description="UTC day")
-
-
-class UsageResponse(BaseModel):
-    user_id: str
-    days: int
-    start_date: str = Field(description="First UTC day of the window (inclusive)")
-    end_date: str = Field(description="Last UTC day of the window (today, inclusive)")
-    totals: UsageTotalsOut
-    by_provider: list[ProviderUsageOut] = Field(description="Most expensive first")
-    by_model: list[ModelUsageOut] = Field(description="Most expensive first")
-    by_day: list[DayUsageOut] = Field(description="Every day of the window, oldest first")
-    by_key: list[KeyUsageOut] = Field(description="Per API key (null: login token), most "
-                                      "expensive first")
-
-
 def _totals_out(totals: UsageTotals) -> dict[str, Any]:
     fields = totals.as_fields()
     fields["cost"] = format_money(totals.cost)
@@ -249,6 +213,15 @@ def build_report(
     user_id: str, days: int, start: date, end: date, aggregates: Iterable[Aggregate]
 ) -> UsageResponse:
     """Totals and breakdowns of ``aggregates`` (all of ``user_id`` in start..end)."""
+    from llmcredits.models_usage import (
+        DayUsageOut,
+        KeyUsageOut,
+        ModelUsageOut,
+        ProviderUsageOut,
+        UsageResponse,
+        UsageTotalsOut,
+    )
+
     totals = UsageTotals()
     providers: dict[str, UsageTotals] = {}
     models: dict[tuple[str, str], UsageTotals] = {}
