@@ -1,7 +1,7 @@
 // The console's pages. Each renders into `main`; money is always the API's string.
 import { API_BASE, ApiError, errorOf, getJson, request, sendJson } from "./api.js";
 import { token } from "./auth.js";
-import { barChart } from "./chart.js";
+import { barChart, shareBar } from "./chart.js";
 import { append, busy, clear, confirmButton, el, formatDate, message, table } from "./dom.js";
 
 const ENTRY_TYPES = ["purchase", "usage", "refund", "bonus", "adjustment", "chargeback", "expiry", "reinstatement"];
@@ -90,14 +90,16 @@ function capForm(current) {
 export async function usage(main) {
   main.append(el("h1", {}, "Usage"));
   const body = el("div");
+  // Names for the by-key breakdown (usage reports key ids only), read once alongside.
+  const namesReady = keyNamesById();
   const tabs = el("div", { class: "tabs", role: "group", "aria-label": "Period" });
   const show = async (days) => {
     for (const b of tabs.querySelectorAll("button")) b.setAttribute("aria-pressed", String(b.dataset.days === String(days)));
     clear(body).append(loading(`Loading the last ${days} days…`));
     try {
-      const u = await getJson(`/usage?days=${days}`);
+      const [u, names] = await Promise.all([getJson(`/usage?days=${days}`), namesReady]);
       clear(body);
-      renderUsage(body, u, days);
+      renderUsage(body, u, days, names);
     } catch (err) {
       clear(body).append(message(err.message));
     }
@@ -110,7 +112,29 @@ export async function usage(main) {
   await show(7);
 }
 
-function renderUsage(body, u, days) {
+/** id -> name of the caller's current API keys; null if the list cannot be read. */
+async function keyNamesById() {
+  try {
+    const doc = await getJson("/keys");
+    return new Map((doc.keys || []).map((k) => [k.id, k.name]));
+  } catch {
+    return null;
+  }
+}
+
+function keyLabel(names, keyId) {
+  if (!keyId) return "Signed in (console or login token)";
+  if (names === null) return keyId;
+  const name = names.get(keyId);
+  return name === undefined ? `${keyId} (revoked)` : name;
+}
+
+/** Each row's share of the period's cost as a bar: the breakdowns' chart. */
+function shareCell(cost, total, label) {
+  return shareBar(cost, total, `${label}: ${cost} of ${total} credits`);
+}
+
+function renderUsage(body, u, days, names) {
   const t = u.totals || {};
   body.append(el("div", { class: "cards" },
     card("Cost", t.cost ?? "0.000000", "usage-cost"),
@@ -143,8 +167,8 @@ function renderUsage(body, u, days) {
   const models = Array.isArray(u.by_model) ? u.by_model : [];
   body.append(el("section", { class: "panel", "aria-labelledby": "by-model-h" }, el("h2", { id: "by-model-h" }, "By model"),
     models.length
-      ? table("Usage by model", [{ label: "Model" }, { label: "Provider" }, { label: "Requests", num: true }, { label: "Tokens", num: true }, { label: "Cost", num: true }],
-        models.map((m) => [m.model, m.provider, String(m.requests), String(m.total_tokens), m.cost]))
+      ? table("Usage by model", [{ label: "Model" }, { label: "Provider" }, { label: "Requests", num: true }, { label: "Tokens", num: true }, { label: "Cost", num: true }, { label: "Share of cost" }],
+        models.map((m) => [m.model, m.provider, String(m.requests), String(m.total_tokens), m.cost, shareCell(m.cost, t.cost, m.model)]))
       : el("p", { class: "muted" }, "No usage in this period.")));
   const keys = Array.isArray(u.by_key) ? u.by_key : null;
   const keyPanel = el("section", { class: "panel", "aria-labelledby": "by-key-h" }, el("h2", { id: "by-key-h" }, "By API key"));
@@ -153,8 +177,9 @@ function renderUsage(body, u, days) {
   } else if (keys.length === 0) {
     keyPanel.append(el("p", { class: "muted" }, "No usage in this period."));
   } else {
-    keyPanel.append(table("Usage by API key", [{ label: "Key" }, { label: "Requests", num: true }, { label: "Tokens", num: true }, { label: "Cost", num: true }],
-      keys.map((k) => [k.name || k.key_id || "signed-in console/token", String(k.requests), String(k.total_tokens), k.cost])));
+    keyPanel.append(table("Usage by API key", [{ label: "Key" }, { label: "Requests", num: true }, { label: "Tokens", num: true }, { label: "Cost", num: true }, { label: "Share of cost" }],
+      keys.map((k) => [keyLabel(names, k.key_id), String(k.requests), String(k.total_tokens), k.cost,
+        shareCell(k.cost, t.cost, keyLabel(names, k.key_id))])));
   }
   body.append(keyPanel);
 }
@@ -233,22 +258,27 @@ export async function keys(main) {
       doc = await getJson("/keys");
     } catch (err) {
       clear(listBox);
-      if (notAvailable(err)) { listBox.append(el("p", { class: "muted" }, "API keys are not available on this server yet.")); return false; }
+      if (notAvailable(err)) { listBox.append(el("p", { class: "muted" }, "API keys are not available on this deployment.")); return false; }
       status.append(message(err.message));
       return true;
     }
     const rows = doc.keys.map((k) => [
       k.name, el("code", {}, k.masked_key), k.limit ?? "none", k.limit_reset || "never", k.usage ?? "0.000000",
-      k.limit_remaining ?? "", k.expires_at ? formatDate(k.expires_at) : "never", k.enabled ? "yes" : "no",
-      k.last_used_at ? formatDate(k.last_used_at) : "never", keyActions(k)]);
+      k.limit_remaining ?? "", k.expires_at ? formatDate(k.expires_at) : "never",
+      Array.isArray(k.power_levels) ? k.power_levels.join(", ") : "all", k.last_used_at ? formatDate(k.last_used_at) : "never",
+      keyStatus(k), keyActions(k)]);
     clear(listBox).append(rows.length
       ? table("Your API keys", [{ label: "Name" }, { label: "Key" }, { label: "Limit", num: true }, { label: "Resets" },
-        { label: "Used", num: true }, { label: "Remaining", num: true }, { label: "Expires" }, { label: "Enabled" },
-        { label: "Last used" }, { label: "Actions" }], rows)
+        { label: "Used", num: true }, { label: "Remaining", num: true }, { label: "Expires" }, { label: "Power levels" },
+        { label: "Last used" }, { label: "Status" }, { label: "Actions" }], rows)
       : el("p", { class: "muted" }, "No API keys yet."));
     return true;
   };
 
+  const keyStatus = (k) => {
+    if (!k.enabled) return "disabled";
+    return k.grace_until ? `active; the previous secret works until ${formatDate(k.grace_until)}` : "active";
+  };
   const act = (work) => async () => {
     clear(status);
     try { await work(); await refresh(); } catch (err) { status.append(message(err.message)); }
@@ -297,7 +327,7 @@ export async function keys(main) {
         form.reset();
         await refresh();
       } catch (err) {
-        status.append(message(notAvailable(err) ? "API keys are not available on this server yet." : err.message));
+        status.append(message(notAvailable(err) ? "API keys are not available on this deployment." : err.message));
       }
     });
   });
