@@ -1,8 +1,9 @@
 // The console's pages. Each renders into `main`; money is always the API's string.
-import { API_BASE, ApiError, errorOf, getJson, request, sendJson } from "./api.js";
+import { API_BASE, errorOf, getJson, notAvailable, sendJson } from "./api.js";
 import { token } from "./auth.js";
 import { barChart, shareBar } from "./chart.js";
-import { append, busy, clear, confirmButton, el, formatDate, message, table } from "./dom.js";
+import { autoTopupPanel, lotsPanel } from "./lifecycle.js";
+import { append, busy, clear, confirmButton, el, formatDate, message, showOnce, table } from "./dom.js";
 
 const ENTRY_TYPES = ["purchase", "usage", "refund", "bonus", "adjustment", "chargeback", "expiry", "reinstatement"];
 const POWER_LEVELS = ["eco", "balanced", "precision"];
@@ -21,10 +22,6 @@ function randomKey() {
   return Array.from(crypto.getRandomValues(new Uint8Array(16)), (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
-function notAvailable(err) {
-  return err instanceof ApiError && (err.status === 404 || err.status === 405);
-}
-
 // ------------------------------------------------------------------ dashboard
 
 export async function dashboard(main) {
@@ -40,15 +37,7 @@ export async function dashboard(main) {
     card(`Spent in ${c.month}`, c.month_spent, "month-spent"),
     card("Monthly cap", c.monthly_cap ?? "none", "monthly-cap"),
     card("Tier", c.tier, "tier")));
-  if (Array.isArray(c.lots)) {
-    const lots = el("section", { class: "panel", "aria-labelledby": "lots-h" }, el("h2", { id: "lots-h" }, "Credit lots"));
-    lots.append(c.lots.length
-      ? table("Credits by lot, spent soonest-expiring first",
-        [{ label: "Source" }, { label: "Amount", num: true }, { label: "Remaining", num: true }, { label: "Expires" }],
-        c.lots.map((lot) => [lot.source, lot.amount, lot.remaining, lot.expires_at ? formatDate(lot.expires_at) : "never"]))
-      : el("p", { class: "muted" }, "No credit lots yet."));
-    main.append(lots);
-  }
+  main.append(lotsPanel(c));
   main.append(capForm(c.monthly_cap));
 }
 
@@ -238,18 +227,7 @@ export async function keys(main) {
   const grace = el("select", { id: "rotate-grace" }, el("option", { value: "0" }, "none (old secret stops now)"),
     el("option", { value: "3600" }, "1 hour"), el("option", { value: "86400" }, "24 hours"));
 
-  const showSecret = (secret, what) => {
-    const code = el("code", { id: "new-key-secret" }, secret);
-    const copied = el("span", { class: "ok", "aria-live": "polite" });
-    const copy = el("button", { type: "button", id: "copy-key" }, "Copy");
-    copy.addEventListener("click", async () => {
-      try { await navigator.clipboard.writeText(secret); copied.textContent = "Copied."; } catch { copied.textContent = "Select the key and copy it."; }
-    });
-    const done = el("button", { type: "button", class: "secondary", onclick: () => clear(secretBox) }, "Done");
-    clear(secretBox).append(el("div", { class: "secret", role: "region", "aria-label": "New secret" },
-      el("strong", {}, `${what}: copy it now, it is shown only once.`), code, copy, done, copied));
-    copy.focus();
-  };
+  const showSecret = (secret, what) => showOnce(secretBox, secret, what, "new-key-secret");
 
   const refresh = async () => {
     clear(status);
@@ -425,7 +403,7 @@ export async function buy(main, { pageUrl }) {
   });
   main.append(el("section", { class: "panel" }, form,
     el("p", { id: "buy-help", class: "muted" }, "You pay on Stripe Checkout; credits arrive when Stripe confirms the payment (1 credit = 1 USD)."),
-    status));
+    status), autoTopupPanel(pageUrl));
 }
 
 // --------------------------------------------------------------------- models
