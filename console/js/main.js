@@ -47,7 +47,7 @@ function showSignIn(error) {
 
 async function route(focus) {
   const mine = ++generation;
-  const name = (window.location.hash.replace(/^#\/?/, "") || "dashboard").split("?")[0];
+  const [name, query = ""] = (window.location.hash.replace(/^#\/?/, "") || "dashboard").split("?");
   const page = PAGES[name] || PAGES.dashboard;
   for (const link of nav.querySelectorAll("a")) {
     if (link.getAttribute("href") === `#/${name}`) link.setAttribute("aria-current", "page");
@@ -57,7 +57,7 @@ async function route(focus) {
   const view = el("div");
   clear(main).append(view);
   try {
-    await page[1](view, { config, pageUrl: redirectUri() });
+    await page[1](view, { config, pageUrl: redirectUri(), params: new URLSearchParams(query) });
   } catch (err) {
     if (mine !== generation) return;
     if (err instanceof ApiError && err.status === 401) {

@@ -175,45 +175,72 @@ function renderUsage(body, u, days, names) {
 
 // -------------------------------------------------------------------- history
 
-export async function history(main) {
+export async function history(main, { params }) {
   main.append(el("h1", {}, "History"));
   const filter = el("select", { id: "history-type" }, el("option", { value: "" }, "All types"),
     ENTRY_TYPES.map((t) => el("option", { value: t }, t)));
+  // ?key_id= (the keys page links here): that key's entries only.
+  let keyId = params.get("key_id") || "";
+  const keyFilter = el("select", { id: "history-key" }, el("option", { value: "" }, "All"));
+  const namesReady = keyNamesById().then((names) => {
+    for (const [id, name] of names || []) keyFilter.append(el("option", { value: id }, name));
+    if (keyId && !(names && names.has(keyId))) keyFilter.append(el("option", { value: keyId }, keyLabel(names, keyId)));
+    keyFilter.value = keyId;
+    return names;
+  });
   const list = el("div");
   const more = el("button", { type: "button", class: "secondary", hidden: true }, "Load more");
   const status = el("div", { "aria-live": "polite" });
   let cursor = null;
   let rows = [];
+  let generation = 0; // a reply to an older filter must not land under a newer one
   const headers = [{ label: "When" }, { label: "Type" }, { label: "Amount", num: true }, { label: "Balance after", num: true },
     { label: "Model" }, { label: "Tokens", num: true }, { label: "Details" }];
-  const detail = (e) => {
+  const detail = (e, names) => {
     const m = e.metadata && typeof e.metadata === "object" ? e.metadata : {};
-    return [m.reason, e.key_id && `key ${e.key_id}`, m.byok ? "own provider key" : null, m.usage_missing ? "usage missing: charged the hold" : null]
-      .filter(Boolean).map(String).join("; ");
+    const parts = [m.reason, e.key_id && `key ${keyLabel(names, e.key_id)}`, m.byok ? "own provider key" : null,
+      m.usage_missing ? "usage missing: charged the hold" : null].filter(Boolean).map(String);
+    const receipt = receiptLink(e.receipt_url || m.receipt_url);
+    return el("span", {}, parts.join("; "), receipt && parts.length ? "; " : null, receipt);
   };
   const load = async (reset) => {
+    const mine = reset ? ++generation : generation;
     clear(status);
     if (reset) { cursor = null; rows = []; clear(list).append(loading("Loading history…")); }
     const q = new URLSearchParams({ limit: "25" });
     if (filter.value) q.set("type", filter.value);
+    if (keyId) q.set("key_id", keyId);
     if (cursor) q.set("cursor", cursor);
     try {
-      const page = await getJson(`/credits/history?${q}`);
+      const [page, names] = await Promise.all([getJson(`/credits/history?${q}`), namesReady]);
+      if (mine !== generation) return;
       rows = rows.concat(page.items.map((e) => [formatDate(e.created_at), e.type, e.amount, e.balance_after,
-        e.model || "", e.tokens === null || e.tokens === undefined ? "" : String(e.tokens), detail(e)]));
+        e.model || "", e.tokens === null || e.tokens === undefined ? "" : String(e.tokens), detail(e, names)]));
       cursor = page.next_cursor || null;
       clear(list).append(rows.length ? table("Ledger entries, newest first", headers, rows) : el("p", { class: "muted" }, "No entries."));
       more.hidden = !cursor;
     } catch (err) {
+      if (mine !== generation) return;
       if (reset) clear(list);
       status.append(message(err.message));
     }
   };
   filter.addEventListener("change", () => load(true));
+  keyFilter.addEventListener("change", () => { keyId = keyFilter.value; load(true); });
   more.addEventListener("click", () => busy(more, "Loading…", () => load(false)));
   main.append(el("form", { class: "inline", onsubmit: (ev) => ev.preventDefault() },
-    el("label", { for: "history-type" }, "Type", filter)), list, more, status);
+    el("label", { for: "history-type" }, "Type", filter), el("label", { for: "history-key" }, "API key", keyFilter)),
+  list, more, status);
   await load(true);
+}
+
+/** A purchase's Stripe receipt: a link only for an http(s) URL (never javascript: etc.). */
+function receiptLink(url) {
+  if (typeof url !== "string") return null;
+  let target;
+  try { target = new URL(url); } catch { return null; }
+  if (target.protocol !== "https:" && target.protocol !== "http:") return null;
+  return el("a", { href: target.toString(), target: "_blank", rel: "noopener noreferrer" }, "Receipt");
 }
 
 // ------------------------------------------------------------------- API keys
@@ -273,7 +300,8 @@ export async function keys(main) {
     rotate.setAttribute("aria-label", `Rotate key ${k.name}`);
     const revoke = confirmButton("Revoke", "Confirm revoke", act(() => sendJson("DELETE", `/keys/${id}`)));
     revoke.setAttribute("aria-label", `Revoke key ${k.name}`);
-    return el("span", { class: "tabs" }, toggle, rotate, revoke);
+    const entries = el("a", { href: `#/history?key_id=${id}`, "aria-label": `History of key ${k.name}` }, "History");
+    return el("span", { class: "tabs" }, toggle, rotate, revoke, entries);
   };
 
   const name = el("input", { id: "key-name", required: true, maxlength: "100", autocomplete: "off" });

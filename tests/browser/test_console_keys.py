@@ -125,6 +125,20 @@ def test_create_copy_use_see_usage_rotate_and_revoke_a_key(page: Any, stack: Loc
     page.set_viewport_size({"width": 1280, "height": 900})
 
     page.get_by_role("link", name="API keys").click()
+    page.get_by_role("link", name=f"History of key {PAYLOAD}").click()
+    with api(stack, sub) as client:
+        mine = client.get("/credits/history", params={"key_id": record["id"]}).json()["items"]
+    assert [e["type"] for e in mine] == ["usage"]  # the one chat the key paid for
+    rows = page.locator("tbody tr")
+    rows.first.wait_for()
+    assert rows.count() == 1 and f"key {PAYLOAD}" in rows.first.inner_text()
+    assert rows.first.locator("td").nth(2).inner_text() == mine[0]["amount"]
+    assert page.locator("#history-key option:checked").inner_text() == PAYLOAD
+    page.get_by_label("API key").select_option("")  # all entries: the bonus too
+    page.locator("tbody tr", has_text="bonus").wait_for()
+    assert page.locator("main img").count() == 0
+
+    page.get_by_role("link", name="API keys").click()
     page.get_by_role("button", name=f"Disable key {PAYLOAD}").click()
     page.get_by_role("button", name=f"Enable key {PAYLOAD}").wait_for()
     with pytest.raises(openai.AuthenticationError):  # disabled binds on the next chat

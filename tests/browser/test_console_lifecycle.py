@@ -234,3 +234,26 @@ def test_auto_topup_is_saved_and_a_card_is_saved_through_checkout(
     page.get_by_role("button", name="Save auto top-up").click()
     page.get_by_text("Auto top-up is off.").wait_for()
     assert topups.calls[-1][1]["enabled"] is False
+
+
+def test_a_purchase_receipt_is_a_link_and_only_for_an_http_url(page: Any, stack: LocalStack):
+    receipt = "https://pay.stripe.com/receipts/payment/abc123"
+    entry = {"created_at": "2026-12-01T12:00:00Z", "amount": "25.000000",
+             "balance_after": "25.000000", "provider": None, "model": None, "tokens": None,
+             "cost": None, "key_id": None, "request_id": None}
+    items = [
+        {**entry, "id": "e2", "type": "purchase", "metadata": {"receipt_url": receipt}},
+        {**entry, "id": "e1", "type": "purchase",
+         "metadata": {"receipt_url": "javascript:alert(1)", "reason": PAYLOAD}},
+    ]
+    page.route(re.compile(r".*/api/v1/llm/credits/history(\?.*)?$"),
+               lambda route: fulfill_json(route, 200, {"items": items, "next_cursor": None}))
+    sign_in(page, "lifecycle-receipts")
+    page.get_by_role("link", name="History").click()
+    rows = page.locator("tbody tr")
+    rows.nth(1).wait_for()
+    link = rows.nth(0).get_by_role("link", name="Receipt")
+    assert link.get_attribute("href") == receipt
+    assert link.get_attribute("rel") == "noopener noreferrer"
+    assert rows.nth(1).get_by_role("link").count() == 0  # no javascript: link
+    assert rows.nth(1).locator("td").nth(6).inner_text() == PAYLOAD
