@@ -44,15 +44,6 @@ export function lotsPanel(credits) {
 
 // --------------------------------------------------------------------- alerts
 
-/** The signing secret in a PUT /credits/alerts answer. DESIGN names no field: the
- * likely names are accepted, the first string wins. */
-export function signingSecretOf(doc) {
-  for (const name of ["webhook_secret", "signing_secret", "webhook_signing_secret", "secret"]) {
-    if (doc && typeof doc[name] === "string" && doc[name]) return doc[name];
-  }
-  return null;
-}
-
 /** "80, 100" -> [80, 100]; null when a part is not a whole percentage. */
 export function percentsOf(text) {
   const parts = text.split(/[\s,]+/).filter(Boolean);
@@ -78,16 +69,24 @@ export async function alerts(main) {
     value: Array.isArray(current.cap_percent) ? current.cap_percent.join(", ") : "" });
   const hook = el("input", { id: "alert-webhook", inputmode: "url", autocomplete: "off", spellcheck: "false",
     placeholder: "https://example.com/hooks/llmcredits", value: shown(current.webhook_url) });
+  const rotate = el("input", { type: "checkbox", id: "alert-rotate" });
+  const secretState = el("p", { class: "muted", id: "alert-secret-state" });
   const save = el("button", { type: "submit" }, "Save alerts");
   const form = el("form", { class: "inline", id: "alerts-form" },
     el("label", { for: "alert-low" }, "Low balance below (credits)", low),
     el("label", { for: "alert-caps" }, "Monthly cap thresholds (% of cap)", caps),
-    el("label", { for: "alert-webhook" }, "Webhook URL (optional)", hook), save);
+    el("label", { for: "alert-webhook" }, "Webhook URL (optional)", hook),
+    el("label", { class: "check", for: "alert-rotate" }, rotate, "Make a new signing secret"), save);
   const fill = (doc) => {
     low.value = shown(doc.low_balance);
     caps.value = Array.isArray(doc.cap_percent) ? doc.cap_percent.join(", ") : "";
     hook.value = shown(doc.webhook_url);
+    rotate.checked = false;
+    secretState.textContent = doc.webhook_secret_set
+      ? "A signing secret is set (shown only when it was made). Tick \"Make a new signing secret\" if you lost it: the old one stops signing at once."
+      : "A signing secret is made, and shown once, when you first save a webhook URL.";
   };
+  fill(current);
   form.addEventListener("submit", (ev) => {
     ev.preventDefault();
     clear(status);
@@ -98,11 +97,15 @@ export async function alerts(main) {
     }
     busy(save, "Saving…", async () => {
       try {
-        const doc = await sendJson("PUT", "/credits/alerts", { low_balance: given(low), cap_percent: percents, webhook_url: given(hook) });
+        const body = { low_balance: given(low), cap_percent: percents, webhook_url: given(hook) };
+        if (rotate.checked) body.rotate_secret = true;
+        const doc = await sendJson("PUT", "/credits/alerts", body);
         fill(doc);
         status.append(message("Alert settings saved.", "ok"));
-        const secret = signingSecretOf(doc);
-        if (secret) showOnce(secretBox, secret, "Webhook signing secret", "webhook-secret");
+        // Only the answer of the PUT that made the secret carries it.
+        if (typeof doc.webhook_secret === "string" && doc.webhook_secret) {
+          showOnce(secretBox, doc.webhook_secret, "Webhook signing secret", "webhook-secret");
+        }
       } catch (err) {
         status.append(message(notAvailable(err) ? "Alerts are not available on this deployment." : err.message));
       }
@@ -110,7 +113,7 @@ export async function alerts(main) {
   });
   clear(box).append(panel("alerts-h", "Alert settings",
     el("p", { class: "muted" }, "Leave a field empty to turn that alert off. Alerts are sent once per crossing: balance.low when your available credits fall below the threshold and balance.recovered when they are back above it; cap.threshold once a month per percentage of your monthly cap; also topup.failed and credits.expiring (7 days ahead)."),
-    form, status), secretBox,
+    form, secretState, status), secretBox,
   panel("verify-h", "Verifying webhook deliveries",
     el("p", {}, "Each delivery is a POST with the header ", el("code", {}, "LLMCredits-Signature: t=<unix time>,v1=<hex>"),
       ", where v1 is the HMAC-SHA256, keyed with your signing secret, of the time, a dot and the raw body (",
@@ -141,6 +144,7 @@ async function loadAutoTopup(body, pageUrl) {
   const amount = moneyInput("topup-amount", current.amount, "e.g. 25.00");
   const limit = moneyInput("topup-limit", current.monthly_limit, "e.g. 100.00");
   const save = el("button", { type: "submit" }, "Save auto top-up");
+  let state = topupState(current);
   const form = el("form", { class: "inline", id: "topup-form" },
     el("label", { class: "check", for: "topup-enabled" }, enabled, "Top up automatically"),
     el("label", { for: "topup-threshold" }, "When available credits fall below", threshold),
@@ -157,13 +161,19 @@ async function loadAutoTopup(body, pageUrl) {
         threshold.value = shown(doc.threshold);
         amount.value = shown(doc.amount);
         limit.value = shown(doc.monthly_limit);
+        const fresh = topupState(doc);
+        state.replaceWith(fresh);
+        state = fresh;
         status.append(message(doc.enabled ? `Auto top-up on: ${doc.amount} when available falls below ${doc.threshold}.` : "Auto top-up is off.", "ok"));
       } catch (err) {
         status.append(message(notAvailable(err) ? "Auto top-up is not available on this deployment." : err.message));
       }
     });
   });
-  const card = el("button", { type: "button", class: "secondary", id: "save-card" }, "Save a card for auto top-up");
+  const saved = current.payment_method;
+  const hasCard = Boolean(saved && typeof saved === "object");
+  const card = el("button", { type: "button", class: "secondary", id: "save-card" },
+    hasCard ? "Replace the saved card" : "Save a card for auto top-up");
   card.addEventListener("click", () => busy(card, "Opening checkout…", async () => {
     clear(status);
     try {
@@ -178,6 +188,20 @@ async function loadAutoTopup(body, pageUrl) {
   }));
   clear(body).append(
     el("p", { class: "muted" }, "With a saved card, a payment of the chosen amount is made when your available credits fall below the threshold, never past the monthly limit. Three failed payments in a row turn it off (you get a topup.failed alert)."),
+    el("p", { id: "topup-card" }, hasCard ? `Saved card: ${saved.brand || "card"} ending ${saved.last4 || "?"}.` : "No card saved yet."),
     el("p", {}, card, " ", el("span", { class: "muted" }, "(Stripe Checkout; replaces a card saved before)")),
-    form, status);
+    form, state, status);
+}
+
+/** This month's top-ups and the failure count, as far as the API reports them. */
+function topupState(doc) {
+  const lines = [];
+  if (doc.month && doc.month_topped_up !== undefined) {
+    lines.push(`Topped up in ${doc.month}: ${doc.month_topped_up}${doc.monthly_limit ? ` of at most ${doc.monthly_limit}` : ""}.`);
+  }
+  if (doc.in_flight) lines.push("A top-up is being charged now.");
+  if (Number.isInteger(doc.consecutive_failures) && doc.consecutive_failures > 0) {
+    lines.push(`${doc.consecutive_failures} failed top-up(s) in a row; three turn auto top-up off.`);
+  }
+  return el("div", { id: "topup-state" }, lines.map((line) => el("p", { class: "muted" }, line)));
 }

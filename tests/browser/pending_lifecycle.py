@@ -81,7 +81,7 @@ def test_alerts_are_saved_and_the_signing_secret_is_shown_once(page: Any, stack:
     page.get_by_role("button", name="Save alerts").click()
     page.get_by_text("Alert settings saved.").wait_for()
     secret = page.locator("#webhook-secret").inner_text()
-    assert len(secret) >= 24
+    assert secret.startswith("whsec_") and len(secret) >= 24
     assert page.get_by_label("Low balance below (credits)").input_value() == "5.000000"
     with api(stack, sub) as client:
         saved = client.get("/credits/alerts")
@@ -96,6 +96,13 @@ def test_alerts_are_saved_and_the_signing_secret_is_shown_once(page: Any, stack:
     page.get_by_label("Webhook URL (optional)").wait_for()
     assert page.get_by_label("Webhook URL (optional)").input_value() == hook
     assert secret not in page.content()
+    assert "A signing secret is set" in page.locator("#alert-secret-state").inner_text()
+    page.get_by_label("Make a new signing secret").check()
+    page.get_by_role("button", name="Save alerts").click()
+    page.locator("#webhook-secret").wait_for()
+    rotated = page.locator("#webhook-secret").inner_text()
+    assert rotated.startswith("whsec_") and rotated != secret
+    page.get_by_role("button", name="Done").click()
 
     page.get_by_label("Low balance below (credits)").fill("")
     page.get_by_label("Monthly cap thresholds (% of cap)").fill("")
@@ -115,6 +122,8 @@ def test_a_card_is_saved_and_auto_top_up_switched_on(page: Any, stack: LocalStac
     # The stand-in completes the setup-mode session, sends its webhook, redirects back.
     page.wait_for_url(re.compile(r".*/console/#/buy$"))
     page.locator("#notice").filter(has_text="Card saved").wait_for()
+    page.locator("#topup-card").filter(has_text="Saved card:").wait_for()
+    page.get_by_role("button", name="Replace the saved card").wait_for()
     page.get_by_label("Top up automatically").check()
     page.get_by_label("When available credits fall below").fill("5.00")
     page.get_by_label("Buy (USD)").fill("10.00")

@@ -129,8 +129,9 @@ def test_lots_show_the_api_strings_and_flag_an_expiry_within_a_week(
 def test_alerts_are_saved_and_the_signing_secret_is_shown_once(
         page: Any, stack: LocalStack, watched: Watched):
     watched.expect_failed_request(f"{API}/credits/alerts")  # the 400 below, on purpose
-    secret = "whsec_" + "k" * 32
-    saved: dict[str, Any] = {"low_balance": None, "cap_percent": [80, 100], "webhook_url": None}
+    secrets = iter(["whsec_" + "k" * 32, "whsec_" + "r" * 32])
+    saved: dict[str, Any] = {"low_balance": None, "cap_percent": [80, 100], "webhook_url": None,
+                             "webhook_secret_set": False}
     refuse = {"next": False}
 
     def respond(method: str, body: Any) -> tuple[int, Any]:
@@ -141,8 +142,14 @@ def test_alerts_are_saved_and_the_signing_secret_is_shown_once(
             return 400, {"error": {"message": f"webhook_url {PAYLOAD} must be https.",
                                    "type": "invalid_request_error", "code": "invalid_request",
                                    "param": "webhook_url"}}
-        saved.update(body, low_balance=money(body["low_balance"]))
-        return 200, {**saved, "webhook_secret": secret}
+        # As the alerts API: a secret is made (and returned, once) with the first
+        # webhook_url or on rotate_secret; other answers carry webhook_secret null.
+        made = body.get("webhook_url") and (body.get("rotate_secret", False)
+                                            or not saved["webhook_secret_set"])
+        saved.update({k: v for k, v in body.items() if k != "rotate_secret"},
+                     low_balance=money(body["low_balance"]))
+        saved["webhook_secret_set"] = saved["webhook_secret_set"] or bool(made)
+        return 200, {**saved, "webhook_secret": next(secrets) if made else None}
 
     fake = Recorder(respond)
     page.route(ALERTS, fake)
@@ -159,7 +166,8 @@ def test_alerts_are_saved_and_the_signing_secret_is_shown_once(
     assert fake.calls[-1] == ("PUT", {"low_balance": "5.00", "cap_percent": [50, 80, 100],
                                       "webhook_url": "https://example.com/hooks"})
     assert page.get_by_label("Low balance below (credits)").input_value() == "5.000000"
-    assert page.locator("#webhook-secret").inner_text() == secret
+    secret = page.locator("#webhook-secret").inner_text()
+    assert secret == "whsec_" + "k" * 32
     page.get_by_role("button", name="Copy").click()
     page.get_by_text("Copied.").wait_for()
     assert page.evaluate("navigator.clipboard.readText()") == secret
@@ -169,6 +177,18 @@ def test_alerts_are_saved_and_the_signing_secret_is_shown_once(
     page.reload()  # GET answers without the secret: it is not shown again
     page.get_by_label("Low balance below (credits)").wait_for()
     assert secret not in page.content()
+    assert "A signing secret is set" in page.locator("#alert-secret-state").inner_text()
+    page.get_by_role("button", name="Save alerts").click()  # a save that makes none
+    page.get_by_text("Alert settings saved.").wait_for()
+    assert page.locator("#webhook-secret").count() == 0
+    page.get_by_label("Make a new signing secret").check()
+    page.get_by_role("button", name="Save alerts").click()
+    page.locator("#webhook-secret").wait_for()
+    assert page.locator("#webhook-secret").inner_text() == "whsec_" + "r" * 32
+    assert fake.calls[-1][1]["rotate_secret"] is True
+    assert "rotate_secret" not in fake.calls[-2][1]  # sent only when ticked
+    assert not page.get_by_label("Make a new signing secret").is_checked()
+    page.get_by_role("button", name="Done").click()
 
     calls = len(fake.calls)
     page.get_by_label("Monthly cap thresholds (% of cap)").fill("eighty")
@@ -190,7 +210,9 @@ def test_alerts_are_saved_and_the_signing_secret_is_shown_once(
 def test_auto_topup_is_saved_and_a_card_is_saved_through_checkout(
         page: Any, stack: LocalStack):
     settings: dict[str, Any] = {"enabled": False, "threshold": None, "amount": None,
-                                "monthly_limit": None}
+                                "monthly_limit": None, "payment_method": None, "month": "2026-12",
+                                "month_topped_up": "0.000000", "in_flight": False,
+                                "consecutive_failures": 0}
 
     def topup(method: str, body: Any) -> tuple[int, Any]:
         if method == "PUT":
@@ -198,8 +220,9 @@ def test_auto_topup_is_saved_and_a_card_is_saved_through_checkout(
         return 200, settings
 
     def card(method: str, body: Any) -> tuple[int, Any]:
-        assert method == "POST"
-        return 201, {"checkout_url": body["success_url"]}  # Stripe "saves" and sends back
+        assert method == "POST"  # Stripe "saves" a card (one decline since) and sends back
+        settings.update(payment_method={"brand": "visa", "last4": "4242"}, consecutive_failures=1)
+        return 201, {"checkout_url": body["success_url"]}
 
     topups, cards = Recorder(topup), Recorder(card)
     page.route(AUTO_TOPUP, topups)
@@ -209,6 +232,8 @@ def test_auto_topup_is_saved_and_a_card_is_saved_through_checkout(
     enabled = page.get_by_label("Top up automatically")
     enabled.wait_for()
     assert not enabled.is_checked()
+    assert page.locator("#topup-card").inner_text() == "No card saved yet."
+    assert page.locator("#topup-state").inner_text() == "Topped up in 2026-12: 0.000000."
     enabled.check()
     page.get_by_label("When available credits fall below").fill("5.00")
     page.get_by_label("Buy (USD)").fill("25.00")
@@ -218,6 +243,8 @@ def test_auto_topup_is_saved_and_a_card_is_saved_through_checkout(
     assert topups.calls[-1] == ("PUT", {"enabled": True, "threshold": "5.00", "amount": "25.00",
                                         "monthly_limit": "100.00"})
     assert page.get_by_label("Buy (USD)").input_value() == "25.000000"
+    assert page.locator("#topup-state").inner_text() == (
+        "Topped up in 2026-12: 0.000000 of at most 100.000000.")
     screenshot(page, "buy")
 
     page.get_by_role("button", name="Save a card for auto top-up").click()
@@ -229,6 +256,9 @@ def test_auto_topup_is_saved_and_a_card_is_saved_through_checkout(
     assert "setup=" not in page.url
     page.get_by_label("Top up automatically").wait_for()
     assert page.get_by_label("Top up automatically").is_checked()  # read back on return
+    assert page.locator("#topup-card").inner_text() == "Saved card: visa ending 4242."
+    page.get_by_role("button", name="Replace the saved card").wait_for()
+    assert "1 failed top-up(s) in a row" in page.locator("#topup-state").inner_text()
 
     page.get_by_label("Top up automatically").uncheck()
     page.get_by_role("button", name="Save auto top-up").click()
