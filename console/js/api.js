@@ -25,6 +25,11 @@ async function errorOf(resp) {
   return new ApiError(resp.status, `The server answered ${resp.status}${resp.statusText ? " " + resp.statusText : ""}.`);
 }
 
+/** A route this deployment does not have (yet): the gateway's 404, or 405 for a method. */
+export function notAvailable(err) {
+  return err instanceof ApiError && (err.status === 404 || err.status === 405);
+}
+
 export async function request(method, path, body, extraHeaders = {}) {
   const headers = { ...extraHeaders };
   const bearer = token();

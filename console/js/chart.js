@@ -57,3 +57,15 @@ export function barChart(points, { title = "", width = 720, height = 220 } = {})
   });
   return root;
 }
+
+/** A one-row bar: `part` of `whole` (both the API's decimal strings), for a table cell. */
+export function shareBar(part, whole, label, { width = 120, height = 12 } = {}) {
+  const total = magnitude(whole);
+  const filled = total > 0 ? Math.min(1, magnitude(part) / total) * width : 0;
+  const root = svg("svg", { class: "share", viewBox: `0 0 ${width} ${height}`, role: "img",
+    "aria-label": label, width, height });
+  root.append(svg("title", {}, label));
+  root.append(svg("rect", { class: "share-track", x: 0, y: 0, width, height, rx: 2 }));
+  root.append(svg("rect", { class: "bar", x: 0, y: 0, width: filled.toFixed(2), height, rx: 2 }));
+  return root;
+}

@@ -82,6 +82,21 @@ export function confirmButton(label, confirmLabel, action, cls = "danger") {
   return button;
 }
 
+/** A secret the API shows once (an API key, a webhook signing secret), with a copy
+ * button, in `box`; "Done" removes it from the page for good. */
+export function showOnce(box, secret, what, id) {
+  const code = el("code", { id }, secret);
+  const copied = el("span", { class: "ok", "aria-live": "polite" });
+  const copy = el("button", { type: "button" }, "Copy");
+  copy.addEventListener("click", async () => {
+    try { await navigator.clipboard.writeText(secret); copied.textContent = "Copied."; } catch { copied.textContent = "Select the secret and copy it."; }
+  });
+  const done = el("button", { type: "button", class: "secondary", onclick: () => clear(box) }, "Done");
+  clear(box).append(el("div", { class: "secret", role: "region", "aria-label": "New secret" },
+    el("strong", {}, `${what}: copy it now, it is shown only once.`), code, copy, done, copied));
+  copy.focus();
+}
+
 export function formatDate(iso) {
   if (!iso) return "";
   const d = new Date(iso);

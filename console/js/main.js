@@ -2,6 +2,7 @@
 import { ApiError } from "./api.js";
 import { completeSignIn, redirectUri, signIn, signOut, subject, token } from "./auth.js";
 import { clear, el, message } from "./dom.js";
+import { alerts } from "./lifecycle.js";
 import * as views from "./views.js";
 
 const PAGES = {
@@ -11,6 +12,7 @@ const PAGES = {
   keys: ["API keys", views.keys],
   byok: ["Provider keys", views.byok],
   buy: ["Buy credits", views.buy],
+  alerts: ["Alerts", alerts],
   models: ["Models", views.models],
   playground: ["Playground", views.playground],
 };
@@ -45,7 +47,7 @@ function showSignIn(error) {
 
 async function route(focus) {
   const mine = ++generation;
-  const name = (window.location.hash.replace(/^#\/?/, "") || "dashboard").split("?")[0];
+  const [name, query = ""] = (window.location.hash.replace(/^#\/?/, "") || "dashboard").split("?");
   const page = PAGES[name] || PAGES.dashboard;
   for (const link of nav.querySelectorAll("a")) {
     if (link.getAttribute("href") === `#/${name}`) link.setAttribute("aria-current", "page");
@@ -55,7 +57,7 @@ async function route(focus) {
   const view = el("div");
   clear(main).append(view);
   try {
-    await page[1](view, { config, pageUrl: redirectUri() });
+    await page[1](view, { config, pageUrl: redirectUri(), params: new URLSearchParams(query) });
   } catch (err) {
     if (mine !== generation) return;
     if (err instanceof ApiError && err.status === 401) {
@@ -79,17 +81,24 @@ async function boot() {
     return;
   }
   const params = new URLSearchParams(window.location.search);
-  const checkout = params.get("checkout");
+  // Where Stripe Checkout sends the person back: a purchase, or saving a card.
+  const returns = {
+    checkout: { success: ["Payment received: your credits are added as soon as Stripe confirms it.", false],
+      cancel: ["Checkout was cancelled; nothing was charged.", true] },
+    setup: { success: ["Card saved: auto top-up can use it once Stripe confirms it.", false],
+      cancel: ["Saving a card was cancelled; nothing was saved.", true] },
+  };
+  const returned = Object.keys(returns).find((name) => params.has(name));
   let error = "";
   try {
     error = await completeSignIn(config);
   } catch (err) {
     error = `Sign-in failed: ${err.message}`;
   }
-  if (checkout) {
+  if (returned) {
     window.history.replaceState(null, "", redirectUri() + window.location.hash);
-    if (checkout === "success") showNotice("Payment received: your credits are added as soon as Stripe confirms it.");
-    else showNotice("Checkout was cancelled; nothing was charged.", true);
+    const [text, warn] = returns[returned][params.get(returned) === "success" ? "success" : "cancel"];
+    showNotice(text, warn);
   }
   if (!token()) {
     showSignIn(error);

@@ -1,8 +1,9 @@
 // The console's pages. Each renders into `main`; money is always the API's string.
-import { API_BASE, ApiError, errorOf, getJson, request, sendJson } from "./api.js";
+import { API_BASE, errorOf, getJson, notAvailable, sendJson } from "./api.js";
 import { token } from "./auth.js";
-import { barChart } from "./chart.js";
-import { append, busy, clear, confirmButton, el, formatDate, message, table } from "./dom.js";
+import { barChart, shareBar } from "./chart.js";
+import { autoTopupPanel, lotsPanel } from "./lifecycle.js";
+import { append, busy, clear, confirmButton, el, formatDate, message, showOnce, table } from "./dom.js";
 
 const ENTRY_TYPES = ["purchase", "usage", "refund", "bonus", "adjustment", "chargeback", "expiry", "reinstatement"];
 const POWER_LEVELS = ["eco", "balanced", "precision"];
@@ -21,10 +22,6 @@ function randomKey() {
   return Array.from(crypto.getRandomValues(new Uint8Array(16)), (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
-function notAvailable(err) {
-  return err instanceof ApiError && (err.status === 404 || err.status === 405);
-}
-
 // ------------------------------------------------------------------ dashboard
 
 export async function dashboard(main) {
@@ -40,15 +37,7 @@ export async function dashboard(main) {
     card(`Spent in ${c.month}`, c.month_spent, "month-spent"),
     card("Monthly cap", c.monthly_cap ?? "none", "monthly-cap"),
     card("Tier", c.tier, "tier")));
-  if (Array.isArray(c.lots)) {
-    const lots = el("section", { class: "panel", "aria-labelledby": "lots-h" }, el("h2", { id: "lots-h" }, "Credit lots"));
-    lots.append(c.lots.length
-      ? table("Credits by lot, spent soonest-expiring first",
-        [{ label: "Source" }, { label: "Amount", num: true }, { label: "Remaining", num: true }, { label: "Expires" }],
-        c.lots.map((lot) => [lot.source, lot.amount, lot.remaining, lot.expires_at ? formatDate(lot.expires_at) : "never"]))
-      : el("p", { class: "muted" }, "No credit lots yet."));
-    main.append(lots);
-  }
+  main.append(lotsPanel(c));
   main.append(capForm(c.monthly_cap));
 }
 
@@ -90,14 +79,16 @@ function capForm(current) {
 export async function usage(main) {
   main.append(el("h1", {}, "Usage"));
   const body = el("div");
+  // Names for the by-key breakdown (usage reports key ids only), read once alongside.
+  const namesReady = keyNamesById();
   const tabs = el("div", { class: "tabs", role: "group", "aria-label": "Period" });
   const show = async (days) => {
     for (const b of tabs.querySelectorAll("button")) b.setAttribute("aria-pressed", String(b.dataset.days === String(days)));
     clear(body).append(loading(`Loading the last ${days} days…`));
     try {
-      const u = await getJson(`/usage?days=${days}`);
+      const [u, names] = await Promise.all([getJson(`/usage?days=${days}`), namesReady]);
       clear(body);
-      renderUsage(body, u, days);
+      renderUsage(body, u, days, names);
     } catch (err) {
       clear(body).append(message(err.message));
     }
@@ -110,7 +101,29 @@ export async function usage(main) {
   await show(7);
 }
 
-function renderUsage(body, u, days) {
+/** id -> name of the caller's current API keys; null if the list cannot be read. */
+async function keyNamesById() {
+  try {
+    const doc = await getJson("/keys");
+    return new Map((doc.keys || []).map((k) => [k.id, k.name]));
+  } catch {
+    return null;
+  }
+}
+
+function keyLabel(names, keyId) {
+  if (!keyId) return "Signed in (console or login token)";
+  if (names === null) return keyId;
+  const name = names.get(keyId);
+  return name === undefined ? `${keyId} (revoked)` : name;
+}
+
+/** Each row's share of the period's cost as a bar: the breakdowns' chart. */
+function shareCell(cost, total, label) {
+  return shareBar(cost, total, `${label}: ${cost} of ${total} credits`);
+}
+
+function renderUsage(body, u, days, names) {
   const t = u.totals || {};
   body.append(el("div", { class: "cards" },
     card("Cost", t.cost ?? "0.000000", "usage-cost"),
@@ -143,8 +156,8 @@ function renderUsage(body, u, days) {
   const models = Array.isArray(u.by_model) ? u.by_model : [];
   body.append(el("section", { class: "panel", "aria-labelledby": "by-model-h" }, el("h2", { id: "by-model-h" }, "By model"),
     models.length
-      ? table("Usage by model", [{ label: "Model" }, { label: "Provider" }, { label: "Requests", num: true }, { label: "Tokens", num: true }, { label: "Cost", num: true }],
-        models.map((m) => [m.model, m.provider, String(m.requests), String(m.total_tokens), m.cost]))
+      ? table("Usage by model", [{ label: "Model" }, { label: "Provider" }, { label: "Requests", num: true }, { label: "Tokens", num: true }, { label: "Cost", num: true }, { label: "Share of cost" }],
+        models.map((m) => [m.model, m.provider, String(m.requests), String(m.total_tokens), m.cost, shareCell(m.cost, t.cost, m.model)]))
       : el("p", { class: "muted" }, "No usage in this period.")));
   const keys = Array.isArray(u.by_key) ? u.by_key : null;
   const keyPanel = el("section", { class: "panel", "aria-labelledby": "by-key-h" }, el("h2", { id: "by-key-h" }, "By API key"));
@@ -153,53 +166,81 @@ function renderUsage(body, u, days) {
   } else if (keys.length === 0) {
     keyPanel.append(el("p", { class: "muted" }, "No usage in this period."));
   } else {
-    keyPanel.append(table("Usage by API key", [{ label: "Key" }, { label: "Requests", num: true }, { label: "Tokens", num: true }, { label: "Cost", num: true }],
-      keys.map((k) => [k.name || k.key_id || "signed-in console/token", String(k.requests), String(k.total_tokens), k.cost])));
+    keyPanel.append(table("Usage by API key", [{ label: "Key" }, { label: "Requests", num: true }, { label: "Tokens", num: true }, { label: "Cost", num: true }, { label: "Share of cost" }],
+      keys.map((k) => [keyLabel(names, k.key_id), String(k.requests), String(k.total_tokens), k.cost,
+        shareCell(k.cost, t.cost, keyLabel(names, k.key_id))])));
   }
   body.append(keyPanel);
 }
 
 // -------------------------------------------------------------------- history
 
-export async function history(main) {
+export async function history(main, { params }) {
   main.append(el("h1", {}, "History"));
   const filter = el("select", { id: "history-type" }, el("option", { value: "" }, "All types"),
     ENTRY_TYPES.map((t) => el("option", { value: t }, t)));
+  // ?key_id= (the keys page links here): that key's entries only.
+  let keyId = params.get("key_id") || "";
+  const keyFilter = el("select", { id: "history-key" }, el("option", { value: "" }, "All"));
+  const namesReady = keyNamesById().then((names) => {
+    for (const [id, name] of names || []) keyFilter.append(el("option", { value: id }, name));
+    if (keyId && !(names && names.has(keyId))) keyFilter.append(el("option", { value: keyId }, keyLabel(names, keyId)));
+    keyFilter.value = keyId;
+    return names;
+  });
   const list = el("div");
   const more = el("button", { type: "button", class: "secondary", hidden: true }, "Load more");
   const status = el("div", { "aria-live": "polite" });
   let cursor = null;
   let rows = [];
+  let generation = 0; // a reply to an older filter must not land under a newer one
   const headers = [{ label: "When" }, { label: "Type" }, { label: "Amount", num: true }, { label: "Balance after", num: true },
     { label: "Model" }, { label: "Tokens", num: true }, { label: "Details" }];
-  const detail = (e) => {
+  const detail = (e, names) => {
     const m = e.metadata && typeof e.metadata === "object" ? e.metadata : {};
-    return [m.reason, e.key_id && `key ${e.key_id}`, m.byok ? "own provider key" : null, m.usage_missing ? "usage missing: charged the hold" : null]
-      .filter(Boolean).map(String).join("; ");
+    const parts = [m.reason, e.key_id && `key ${keyLabel(names, e.key_id)}`, m.byok ? "own provider key" : null,
+      m.usage_missing ? "usage missing: charged the hold" : null].filter(Boolean).map(String);
+    const receipt = receiptLink(e.receipt_url || m.receipt_url);
+    return el("span", {}, parts.join("; "), receipt && parts.length ? "; " : null, receipt);
   };
   const load = async (reset) => {
+    const mine = reset ? ++generation : generation;
     clear(status);
     if (reset) { cursor = null; rows = []; clear(list).append(loading("Loading history…")); }
     const q = new URLSearchParams({ limit: "25" });
     if (filter.value) q.set("type", filter.value);
+    if (keyId) q.set("key_id", keyId);
     if (cursor) q.set("cursor", cursor);
     try {
-      const page = await getJson(`/credits/history?${q}`);
+      const [page, names] = await Promise.all([getJson(`/credits/history?${q}`), namesReady]);
+      if (mine !== generation) return;
       rows = rows.concat(page.items.map((e) => [formatDate(e.created_at), e.type, e.amount, e.balance_after,
-        e.model || "", e.tokens === null || e.tokens === undefined ? "" : String(e.tokens), detail(e)]));
+        e.model || "", e.tokens === null || e.tokens === undefined ? "" : String(e.tokens), detail(e, names)]));
       cursor = page.next_cursor || null;
       clear(list).append(rows.length ? table("Ledger entries, newest first", headers, rows) : el("p", { class: "muted" }, "No entries."));
       more.hidden = !cursor;
     } catch (err) {
+      if (mine !== generation) return;
       if (reset) clear(list);
       status.append(message(err.message));
     }
   };
   filter.addEventListener("change", () => load(true));
+  keyFilter.addEventListener("change", () => { keyId = keyFilter.value; load(true); });
   more.addEventListener("click", () => busy(more, "Loading…", () => load(false)));
   main.append(el("form", { class: "inline", onsubmit: (ev) => ev.preventDefault() },
-    el("label", { for: "history-type" }, "Type", filter)), list, more, status);
+    el("label", { for: "history-type" }, "Type", filter), el("label", { for: "history-key" }, "API key", keyFilter)),
+  list, more, status);
   await load(true);
+}
+
+/** A purchase's Stripe receipt: a link only for an http(s) URL (never javascript: etc.). */
+function receiptLink(url) {
+  if (typeof url !== "string") return null;
+  let target;
+  try { target = new URL(url); } catch { return null; }
+  if (target.protocol !== "https:" && target.protocol !== "http:") return null;
+  return el("a", { href: target.toString(), target: "_blank", rel: "noopener noreferrer" }, "Receipt");
 }
 
 // ------------------------------------------------------------------- API keys
@@ -213,18 +254,7 @@ export async function keys(main) {
   const grace = el("select", { id: "rotate-grace" }, el("option", { value: "0" }, "none (old secret stops now)"),
     el("option", { value: "3600" }, "1 hour"), el("option", { value: "86400" }, "24 hours"));
 
-  const showSecret = (secret, what) => {
-    const code = el("code", { id: "new-key-secret" }, secret);
-    const copied = el("span", { class: "ok", "aria-live": "polite" });
-    const copy = el("button", { type: "button", id: "copy-key" }, "Copy");
-    copy.addEventListener("click", async () => {
-      try { await navigator.clipboard.writeText(secret); copied.textContent = "Copied."; } catch { copied.textContent = "Select the key and copy it."; }
-    });
-    const done = el("button", { type: "button", class: "secondary", onclick: () => clear(secretBox) }, "Done");
-    clear(secretBox).append(el("div", { class: "secret", role: "region", "aria-label": "New secret" },
-      el("strong", {}, `${what}: copy it now, it is shown only once.`), code, copy, done, copied));
-    copy.focus();
-  };
+  const showSecret = (secret, what) => showOnce(secretBox, secret, what, "new-key-secret");
 
   const refresh = async () => {
     clear(status);
@@ -233,22 +263,27 @@ export async function keys(main) {
       doc = await getJson("/keys");
     } catch (err) {
       clear(listBox);
-      if (notAvailable(err)) { listBox.append(el("p", { class: "muted" }, "API keys are not available on this server yet.")); return false; }
+      if (notAvailable(err)) { listBox.append(el("p", { class: "muted" }, "API keys are not available on this deployment.")); return false; }
       status.append(message(err.message));
       return true;
     }
     const rows = doc.keys.map((k) => [
       k.name, el("code", {}, k.masked_key), k.limit ?? "none", k.limit_reset || "never", k.usage ?? "0.000000",
-      k.limit_remaining ?? "", k.expires_at ? formatDate(k.expires_at) : "never", k.enabled ? "yes" : "no",
-      k.last_used_at ? formatDate(k.last_used_at) : "never", keyActions(k)]);
+      k.limit_remaining ?? "", k.expires_at ? formatDate(k.expires_at) : "never",
+      Array.isArray(k.power_levels) ? k.power_levels.join(", ") : "all", k.last_used_at ? formatDate(k.last_used_at) : "never",
+      keyStatus(k), keyActions(k)]);
     clear(listBox).append(rows.length
       ? table("Your API keys", [{ label: "Name" }, { label: "Key" }, { label: "Limit", num: true }, { label: "Resets" },
-        { label: "Used", num: true }, { label: "Remaining", num: true }, { label: "Expires" }, { label: "Enabled" },
-        { label: "Last used" }, { label: "Actions" }], rows)
+        { label: "Used", num: true }, { label: "Remaining", num: true }, { label: "Expires" }, { label: "Power levels" },
+        { label: "Last used" }, { label: "Status" }, { label: "Actions" }], rows)
       : el("p", { class: "muted" }, "No API keys yet."));
     return true;
   };
 
+  const keyStatus = (k) => {
+    if (!k.enabled) return "disabled";
+    return k.grace_until ? `active; the previous secret works until ${formatDate(k.grace_until)}` : "active";
+  };
   const act = (work) => async () => {
     clear(status);
     try { await work(); await refresh(); } catch (err) { status.append(message(err.message)); }
@@ -265,7 +300,8 @@ export async function keys(main) {
     rotate.setAttribute("aria-label", `Rotate key ${k.name}`);
     const revoke = confirmButton("Revoke", "Confirm revoke", act(() => sendJson("DELETE", `/keys/${id}`)));
     revoke.setAttribute("aria-label", `Revoke key ${k.name}`);
-    return el("span", { class: "tabs" }, toggle, rotate, revoke);
+    const entries = el("a", { href: `#/history?key_id=${id}`, "aria-label": `History of key ${k.name}` }, "History");
+    return el("span", { class: "tabs" }, toggle, rotate, revoke, entries);
   };
 
   const name = el("input", { id: "key-name", required: true, maxlength: "100", autocomplete: "off" });
@@ -297,7 +333,7 @@ export async function keys(main) {
         form.reset();
         await refresh();
       } catch (err) {
-        status.append(message(notAvailable(err) ? "API keys are not available on this server yet." : err.message));
+        status.append(message(notAvailable(err) ? "API keys are not available on this deployment." : err.message));
       }
     });
   });
@@ -395,7 +431,7 @@ export async function buy(main, { pageUrl }) {
   });
   main.append(el("section", { class: "panel" }, form,
     el("p", { id: "buy-help", class: "muted" }, "You pay on Stripe Checkout; credits arrive when Stripe confirms the payment (1 credit = 1 USD)."),
-    status));
+    status), autoTopupPanel(pageUrl));
 }
 
 // --------------------------------------------------------------------- models
