@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from llmcredits.services.authorize import Authorizer
     from llmcredits.services.byok import ByokService
     from llmcredits.services.chat import ChatService
+    from llmcredits.services.generations import GenerationsService
     from llmcredits.services.payments import PaymentsService
     from llmcredits.services.usage import UsageAggregator, UsageService
 
@@ -178,3 +179,9 @@ def authorizer() -> Authorizer:
     from llmcredits.services.authorize import Authorizer
 
     return Authorizer(jwt_verifier(), api_key_authenticator())
+
+
+def generations_service() -> GenerationsService:
+    from llmcredits.services.generations import GenerationsService
+
+    return GenerationsService(DynamoLedgerStore(dynamodb_client(), table_name()))

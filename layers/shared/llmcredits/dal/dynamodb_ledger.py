@@ -531,7 +531,7 @@ class DynamoLedgerStore:
     def settle(self, hold: Hold, settlement: Settlement, mutation: Mutation) -> None:
         entry = settlement_entry(hold, settlement)
         token = operation_token("settle", hold.id, mutation.month, str(mutation.capped))
-        charged = hold_charged_record(hold, entry.id, int(time.time()))
+        charged = hold_charged_record(hold, entry)
         try:
             self.commit(hold.user_id, mutation, entry, settlement.created_at,
                         hold_delete=hold, token=token, records=(charged,))
@@ -836,6 +836,18 @@ class DynamoLedgerStore:
         )
         item = resp.get("Item")
         return hold_from_item(item) if item else None
+
+    def get_entry(self, user_id: str, created_at: str, entry_id: str) -> LedgerEntry | None:
+        """One ledger entry by its key (a consistent GetItem), e.g. the one a
+        ``hold-charged`` marker names."""
+        resp = self._client.get_item(
+            TableName=self._table,
+            Key=to_item({"PK": user_pk(user_id),
+                         "SK": f"{LEDGER_PREFIX}{created_at}#{entry_id}"}),
+            ConsistentRead=True,
+        )
+        item = resp.get("Item")
+        return entry_from_item(item) if item else None
 
     def holds_created_before(self, cutoff: str) -> list[Hold]:
         """Open holds older than ``cutoff``."""
