@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -365,7 +366,9 @@ def test_expired_and_rotated_out_keys_are_refused_by_reserve_and_authenticator(a
             request = ChatCompletionRequest.model_validate(
                 {"model": BALANCED, "messages": HELLO, "max_tokens": 20})
             extras = svc.chat_extras("tim", KeyCredential(key_id, secret_hash(secret)))
-            chat.complete("tim", request, power_level_header=None, request_id="r",
+            # A request id per request, as API Gateway's (the hold id derives from it).
+            chat.complete("tim", request, power_level_header=None,
+                          request_id=str(uuid.uuid4()),
                           extras=extras, key=extras.key)
 
         secret, key = svc.create("tim", KeySettings(expires_at=clock.now + timedelta(hours=1)))

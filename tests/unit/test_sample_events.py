@@ -58,6 +58,10 @@ def test_sample_event_exists_and_is_served(upstream, monkeypatch, name):
         if name in ("byok_keys_patch", "byok_keys_delete"):
             post = (ROOT / "events" / "byok_keys_post.json").read_text()
             invoke("byok_keys_post", json.loads(post))
+    if name == "generation_get":  # the sample asks for the chat sample's request id
+        chat = json.loads((ROOT / "events" / "chat_completions.json").read_text())
+        status, _, body = invoke("chat_completions", chat)
+        assert status == 200, body
     if name.startswith("key") and name != "keys_post" and name != "keys_get":
         evt = with_sample_key(evt)
     from tests.fakes.stripe_api import sample_ready

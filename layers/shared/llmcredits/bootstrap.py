@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from llmcredits.services.authorize import Authorizer
     from llmcredits.services.byok import ByokService
     from llmcredits.services.chat import ChatService
+    from llmcredits.services.generations import GenerationsService
     from llmcredits.services.payments import PaymentsService
     from llmcredits.services.usage import UsageAggregator, UsageService
 
@@ -190,3 +191,9 @@ def authorizer() -> Authorizer:
     from llmcredits.services.authorize import Authorizer
 
     return Authorizer(jwt_verifier(), api_key_authenticator())
+
+
+def generations_service() -> GenerationsService:
+    from llmcredits.services.generations import GenerationsService
+
+    return GenerationsService(DynamoLedgerStore(dynamodb_client(), table_name()))

@@ -133,8 +133,7 @@ def _print_banner(stack: Any, stack_file: Path) -> None:
 
 
 def _banner_credentials(stack: Any) -> list[str]:
-    """Ready-to-paste credentials for the banner (a hook: an API key line joins here once
-    API keys exist)."""
+    """Ready-to-paste credentials for the banner: login tokens and the dev API key."""
     ttl = 12 * 3600
     user = stack.issue_token("alice", ttl=ttl)
     admin = stack.issue_token("ops", admin=True, ttl=ttl)
@@ -142,7 +141,33 @@ def _banner_credentials(stack: Any) -> list[str]:
         "Ready tokens (12 h; more with: .venv/bin/llmcredits token --sub USER [--admin]):",
         f"  TOKEN={user}",
         f"  ADMIN={admin}",
+        *_banner_api_key(stack),
     ]
+
+
+def _banner_api_key(stack: Any) -> list[str]:
+    """alice's dev API key (llmcredits.local.dev_key): the same one on every start of
+    this store, its secret kept beside the store (never in the table)."""
+    from llmcredits import bootstrap
+    from llmcredits.local.dev_key import DEV_KEY_USER, ensure_dev_key
+
+    embedded = stack.embedded
+    if os.environ.get("DYNAMODB_ENDPOINT"):
+        folder: Path | None = _repo_root() / ".dev"
+    elif embedded is not None and embedded.store is not None:
+        folder = Path(embedded.store.folder)
+    else:
+        folder = None  # an in-memory store: the key lives as long as the process
+    more = f".venv/bin/llmcredits keys create --sub {DEV_KEY_USER}"
+    try:
+        key = ensure_dev_key(bootstrap.api_keys_service(), folder)
+    except Exception as exc:  # a banner line never stops make dev
+        return [f"No ready API key ({type(exc).__name__}: {exc}); mint one with: {more}"]
+    kept = f"kept in {key.path}" if key.path is not None else "this run only"
+    state = "new" if key.minted else "the same as last start"
+    return [f"Ready API key for {DEV_KEY_USER} ({state}; {kept}; revoked or `make "
+            f"dev-reset` -> a new one at the next start; more with: {more}):",
+            f"  KEY={key.secret}"]
 
 
 def cmd_token(args: argparse.Namespace) -> int:

@@ -81,6 +81,8 @@ IDEMPOTENCY_TTL_SECONDS = 24 * 3600
 HISTORY_INDEX = "HistoryByType"
 LOTS_INDEX = "LotsByExpiry"
 LOT_SHARDS = 8
+# Items read per Query when filtering history by API key (DynamoDB caps a page at 1 MB).
+KEY_FILTER_PAGE = 1000
 BALANCE_AFTER_PREFIX = "ba_"
 RESPONSE_SCOPE = "chat"
 # A transaction whose outcome is unknown (timeout, 5xx, throttling after botocore's own
@@ -578,7 +580,7 @@ class DynamoLedgerStore:
     def settle(self, hold: Hold, settlement: Settlement, mutation: Mutation) -> None:
         entry = settlement_entry(hold, settlement)
         token = operation_token("settle", hold.id, mutation.month, str(mutation.capped))
-        charged = hold_charged_record(hold, entry.id, int(time.time()))
+        charged = hold_charged_record(hold, entry)
         try:
             self.commit(hold.user_id, mutation, entry, settlement.created_at,
                         hold_delete=hold, token=token, records=(charged,))
@@ -928,6 +930,18 @@ class DynamoLedgerStore:
         item = resp.get("Item")
         return hold_from_item(item) if item else None
 
+    def get_entry(self, user_id: str, created_at: str, entry_id: str) -> LedgerEntry | None:
+        """One ledger entry by its key (a consistent GetItem), e.g. the one a
+        ``hold-charged`` marker names."""
+        resp = self._client.get_item(
+            TableName=self._table,
+            Key=to_item({"PK": user_pk(user_id),
+                         "SK": f"{LEDGER_PREFIX}{created_at}#{entry_id}"}),
+            ConsistentRead=True,
+        )
+        item = resp.get("Item")
+        return entry_from_item(item) if item else None
+
     def holds_created_before(self, cutoff: str) -> list[Hold]:
         """Open holds older than ``cutoff``."""
         return self._holds_before(cutoff)
@@ -1032,9 +1046,13 @@ class DynamoLedgerStore:
         self, user_id: str, limit: int, after_key: str | None, entry_type: str | None,
         key_id: str,
     ) -> EntryPage:
-        """One API key's entries: the user's partition read newest first with a filter,
-        page after page until ``limit`` match (no index per key yet: a key with few
-        entries among many costs reads proportional to the user's history)."""
+        """One API key's entries: the user's partition read newest first with a filter.
+
+        No index per key: the items read are proportional to the user's history between
+        matches (a key with few entries among many pays for all of them). They are read
+        in pages of KEY_FILTER_PAGE items (DynamoDB's Limit counts items read, not
+        matches), so that costs one round trip per page, not one per ``limit`` items; a
+        page with more matches than needed ends at the last one returned (the cursor)."""
         entries: list[LedgerEntry] = []
         start = after_key
         while True:
@@ -1047,7 +1065,7 @@ class DynamoLedgerStore:
                 "FilterExpression": "key_id = :key",
                 "ScanIndexForward": False,
                 "ConsistentRead": True,
-                "Limit": limit - len(entries),
+                "Limit": KEY_FILTER_PAGE,
             }
             if entry_type:
                 kwargs["FilterExpression"] += " AND #type = :type"
@@ -1059,6 +1077,9 @@ class DynamoLedgerStore:
             entries.extend(entry_from_item(item) for item in resp.get("Items", []))
             last = resp.get("LastEvaluatedKey")
             start = from_item(last)["SK"] if last else None
+            if len(entries) > limit:
+                entries = entries[:limit]
+                start = ledger_sk(entries[-1])  # the next page starts after this one
             if start is None or len(entries) >= limit:
                 return EntryPage(entries=self._with_balances(user_id, entries),
                                  last_key=start)

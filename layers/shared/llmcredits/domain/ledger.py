@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Sequence
+import uuid
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -750,16 +751,33 @@ def fingerprint(payload: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-#: How long the "this hold was charged" marker stays (TTL): far past any hold's life.
-HOLD_CHARGED_TTL_SECONDS = 7 * 24 * 3600
+def hold_id_for(request_id: str) -> str:
+    """The id of the hold a request reserves: derived from its request id, so the
+    request's charge is found from the id alone (GET /generations/{request_id}) with
+    consistent GetItems and no write beyond the chat's own.
+
+    32 hex digits (the HoldsByAge shard is read from the first 8). The request id is the
+    platform's (API Gateway's ``requestId``, a UUID; never a client header), so it is
+    unique; a hold of a request without one (tests, tools) gets a random id."""
+    if not request_id:
+        return uuid.uuid4().hex
+    return hashlib.sha256(f"request:{request_id}".encode()).hexdigest()[:32]
 
 
-def hold_charged_record(hold: Hold, entry_id: str, now_epoch: int) -> RecordWrite:
+def hold_charged_key(hold_id: str) -> str:
+    return f"hold-charged:{hold_id}"
+
+
+def hold_charged_record(hold: Hold, entry: LedgerEntry) -> RecordWrite:
     """The marker each charge of a hold writes in its own transaction (must not exist):
     the settle, or the balance debit of a hold the sweeper freed. A second charge of the
-    same hold (a retried settle after the first committed) fails on it, charging nothing."""
+    same hold (a retried settle after the first committed) fails on it, charging nothing.
+
+    It names the entry's key (created_at and id), so the request's charge is one more
+    GetItem away. Kept, with no TTL, as long as the entry: it is how GET
+    /generations/{request_id} finds the charge, and the dedupe never lapses."""
     return RecordWrite(
-        key=f"hold-charged:{hold.id}",
-        values={"entry_id": entry_id, "expires_at": now_epoch + HOLD_CHARGED_TTL_SECONDS},
+        key=hold_charged_key(hold.id),
+        values={"entry_id": entry.id, "entry_created_at": entry.created_at},
         owner=hold.user_id,
     )

@@ -188,3 +188,13 @@ class LedgerStore(Protocol):
         key_id: str | None = None,
     ) -> EntryPage: ...
 
+
+
+class GenerationReads(Protocol):
+    """The consistent single-item reads GET /generations needs (no query, no scan)."""
+
+    def get_hold(self, user_id: str, hold_id: str) -> Hold | None: ...
+
+    def get_record(self, key: str, owner: str | None) -> dict[str, Any] | None: ...
+
+    def get_entry(self, user_id: str, created_at: str, entry_id: str) -> LedgerEntry | None: ...

@@ -39,6 +39,7 @@ from llmcredits.domain.ledger import (
     Tier,
     fingerprint,
     hold_charged_record,
+    hold_id_for,
     month_of,
     operation_token,
     plan_adjustment_debit,
@@ -91,6 +92,10 @@ log = logging.getLogger(__name__)
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+#: Records written with a money change's entry: fixed, or made from the entry written.
+EntryRecords = Sequence[RecordWrite] | Callable[[LedgerEntry], Sequence[RecordWrite]]
 
 
 @dataclass(frozen=True)
@@ -320,9 +325,12 @@ class LedgerService:
         tokens: int | None = None,
         metadata: dict[str, Any] | None = None,
         idempotency_key: str | None = None,
-        records: Sequence[RecordWrite] = (),
+        records: EntryRecords = (),
     ) -> ChangeResult:
-        """Usage paid straight from the balance (402 when it would overdraw or pass the cap)."""
+        """Usage paid straight from the balance (402 when it would overdraw or pass the cap).
+
+        ``records``: bookkeeping records for the same transaction, or a function of the
+        entry written that makes them (a record that names its entry)."""
         claim = None
         if idempotency_key:
             claim = IdempotencyClaim(
@@ -437,7 +445,7 @@ class LedgerService:
         details: dict[str, Any],
         claim: IdempotencyClaim | None,
         status: int,
-        records: Sequence[RecordWrite] = (),
+        records: EntryRecords = (),
     ) -> ChangeResult:
         if claim is not None:
             stored = self._store.get_idempotent_result(user_id, claim)
@@ -467,7 +475,8 @@ class LedgerService:
                 record = (claim, StoredResult(claim.fingerprint, status, body))
             try:
                 self._store.commit(
-                    user_id, mutation, entry, timestamp(now), record, records=records
+                    user_id, mutation, entry, timestamp(now), record,
+                    records=records(entry) if callable(records) else records,
                 )
                 return ChangeResult(status, body)
             except IdempotentReplay as replay:
@@ -532,7 +541,7 @@ class LedgerService:
             writes = tuple(extra(account) if callable(extra) else extra)
             mutation = plan_reserve(account, amount, rate, writes)  # raises the 402s
             hold = Hold(
-                id=uuid.uuid4().hex,
+                id=hold_id_for(request_id),  # found again from the request id alone
                 user_id=account.user_id,
                 amount=amount,
                 created_at=timestamp(now),
@@ -650,7 +659,8 @@ class LedgerService:
                 tokens=settlement.tokens,
                 metadata={**settlement.metadata, "hold_id": hold.id, "hold_lost": True},
                 idempotency_key=f"hold-{hold.id}",
-                records=(hold_charged_record(hold, entry.id, int(self._clock().timestamp())),),
+                # The marker names the entry this debit writes (its own id and time).
+                records=lambda written: (hold_charged_record(hold, written),),
             )
         except RecordConflict:
             # Not freed by the sweeper but settled already (a retried settle): no charge.
