@@ -7,13 +7,14 @@ table's stream through the event source mapping's FilterCriteria in template.yam
 
 from __future__ import annotations
 
+import itertools
+import hashlib
+import hmac
 import json
 import logging
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import boto3
@@ -26,47 +27,13 @@ from llmcredits.local.template import Template
 from llmcredits.services.alerts import AlertService
 
 from tests.support import ROOT, Context, event, invoke
+from tests.webhook_receiver import Receiver
 
 TABLE = "llmcredits-test"
 ALERTS = "/api/v1/llm/credits/alerts"
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-class Receiver:
-    """A loopback webhook receiver: records every POST (headers, raw body)."""
-
-    def __init__(self, status: int = 200) -> None:
-        self.status = status
-        self.requests: list[tuple[dict[str, str], bytes]] = []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                receiver.requests.append(({k.lower(): v for k, v in self.headers.items()}, body))
-                self.send_response(receiver.status)
-                if 300 <= receiver.status < 400:
-                    self.send_header("Location", "http://127.0.0.1:9/elsewhere")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def events(self, secret: str, tolerance: int = 300) -> list[dict[str, Any]]:
-        """Every received event, each checked against its signature."""
-        return [webhooks.verify(body, headers.get("llmcredits-signature"), secret, tolerance)
-                for headers, body in self.requests]
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture
@@ -142,7 +109,9 @@ def outbox() -> list[dict[str, Any]]:
 def test_verify_accepts_our_signature_and_refuses_tampering_other_secrets_and_replays():
     body = b'{"id":"evt_1","type":"balance.low"}'
     header = webhooks.signature_header("whsec_a", body, timestamp=1_800_000_000)
-    assert header.startswith("t=1800000000,v1=")
+    # The documented scheme, computed independently: hex HMAC-SHA256 of "t.body".
+    expected = hmac.new(b"whsec_a", b"1800000000." + body, hashlib.sha256).hexdigest()
+    assert header == f"t=1800000000,v1={expected}"
     assert webhooks.verify(body, header, "whsec_a", now=1_800_000_010)["id"] == "evt_1"
     # Rotation: any matching v1 is enough.
     both = header + ",v1=" + webhooks.compute_signature("whsec_b", 1_800_000_000, body)
@@ -327,7 +296,7 @@ def test_failing_receiver_is_retried_with_backoff_then_given_up_after_24_hours(
         assert service.deliver_due(per_shard=5).delivered == 0
         attempts_at.append(clock[0])
     assert store is service.store
-    gaps = [b - a for a, b in zip(attempts_at, attempts_at[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(attempts_at)]
     assert gaps[:4] == [timedelta(minutes=m) for m in (1, 2, 4, 8)]
     assert max(gaps) == timedelta(hours=3)
     assert attempts_at[-1] - attempts_at[0] <= timedelta(hours=24)
@@ -343,7 +312,7 @@ def test_failing_receiver_is_retried_with_backoff_then_given_up_after_24_hours(
 
 
 def test_a_receiver_back_up_gets_the_event_on_the_next_due_attempt(alerts_env, receiver):
-    receiver.status = 302  # redirects are not followed: a failed attempt
+    receiver.status = 307  # redirects are not followed: a failed attempt
     clock = [datetime(2026, 12, 1, 12, 0, tzinfo=UTC)]
     service = AlertService(bootstrap.alert_store(), _ledger().account, bootstrap.alert_envelope,
                            bootstrap._event_publisher, bootstrap._webhook_sender,
@@ -470,7 +439,7 @@ def test_a_hold_dipping_under_the_threshold_and_back_does_not_flap():
     sent = []
     # Reserve 0.5 from 5.1 (low), settle 0.01 (hold back: 5.09), reserve again, settle.
     steps = [("5.1", "5.1"), ("4.6", "5.1"), ("5.09", "5.09"), ("4.59", "5.09"), ("5.08", "5.08")]
-    for i, (old, new) in enumerate(zip(steps, steps[1:], strict=False)):
+    for i, (old, new) in enumerate(itertools.pairwise(steps)):
         got = domain.detect(settings, low, _account(*old), _account(*new), f"r{i}", at)
         low = got.low
         sent += [e.type for e in got.events]
