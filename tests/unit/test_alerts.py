@@ -7,9 +7,9 @@ table's stream through the event source mapping's FilterCriteria in template.yam
 
 from __future__ import annotations
 
-import itertools
 import hashlib
 import hmac
+import itertools
 import json
 import logging
 from collections.abc import Iterator
@@ -458,3 +458,49 @@ def test_a_new_month_may_cross_each_threshold_again():
                         _account("7", spent="8", cap="10", month="2026-12"), "b", at)
     assert dec.events[0].id != jan.events[0].id
     assert [e.data["month"] for e in (*dec.events, *jan.events)] == ["2026-11", "2026-12"]
+
+
+# --------------------------------------------------------------------------- the consumer
+
+
+def test_a_failing_record_fails_it_and_every_later_record_of_the_batch(alerts_env, monkeypatch):
+    ledger = _ledger()
+    ledger.grant("pat", Decimal("10"), EntryType.BONUS, "welcome", "ops")
+    account_records()
+    for _ in range(3):
+        ledger.debit_usage("pat", Decimal("1"))
+    batch = account_records()
+    assert len(batch) == 3
+    service = bootstrap.account_events_service()
+    seen: list[str] = []
+
+    def handle(change):
+        seen.append(change.event_id)
+        if len(seen) == 2:
+            raise RuntimeError("store outage")
+
+    monkeypatch.setattr(service, "handle", handle)
+    result = feed(batch)
+    sequence_numbers = [r["dynamodb"]["SequenceNumber"] for r in batch]
+    assert [f["itemIdentifier"] for f in result["batchItemFailures"]] == sequence_numbers[1:]
+    assert seen == [r["eventID"] for r in batch[:2]]  # the third was not tried out of order
+
+
+def test_a_kept_table_gets_the_indexes_the_template_added(aws):
+    from llmcredits.local.embedded import _add_missing_indexes
+
+    from tests.support import template
+
+    client = boto3.client("dynamodb")
+    props = template()["Resources"]["LedgerTable"]["Properties"]
+    old = {**props, "GlobalSecondaryIndexes": [
+        i for i in props["GlobalSecondaryIndexes"] if i["IndexName"] != "AlertDeliveries"],
+        "AttributeDefinitions": [a for a in props["AttributeDefinitions"]
+                                 if not a["AttributeName"].startswith("delivery_")]}
+    from llmcredits.local.embedded import _table_request
+
+    client.create_table(**_table_request("kept", old))
+    desc = client.describe_table(TableName="kept")["Table"]
+    assert "AlertDeliveries" not in {i["IndexName"] for i in desc["GlobalSecondaryIndexes"]}
+    desc = _add_missing_indexes(client, "kept", props, desc)
+    assert "AlertDeliveries" in {i["IndexName"] for i in desc["GlobalSecondaryIndexes"]}
