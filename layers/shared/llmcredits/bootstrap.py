@@ -16,12 +16,15 @@ from llmcredits.domain.ledger import Tier
 from llmcredits.services.ledger import LedgerService
 
 if TYPE_CHECKING:
+    from llmcredits.dal.dynamodb_alerts import DynamoAlertStore
     from llmcredits.dal.dynamodb_api_keys import DynamoApiKeyStore
     from llmcredits.dal.dynamodb_byok import DynamoByokStore
     from llmcredits.dal.dynamodb_usage import DynamoUsageStore
     from llmcredits.dal.kms_envelope import Envelope
     from llmcredits.dal.oidc import OidcJwtVerifier
     from llmcredits.domain.principal import ApiKeyAuthenticator
+    from llmcredits.services.account_events import AccountEventsService
+    from llmcredits.services.alerts import AlertService
     from llmcredits.services.api_keys import ApiKeysService
     from llmcredits.services.authorize import Authorizer
     from llmcredits.services.byok import ByokService
@@ -84,6 +87,11 @@ def reset() -> None:
     if envelope_module is not None:  # never import cryptography just to reset
         envelope_module.kms_client.cache_clear()
     usage_store.cache_clear()
+    alert_store.cache_clear()
+    alert_envelope.cache_clear()
+    alert_service.cache_clear()
+    _webhook_sender.cache_clear()
+    account_events_service.cache_clear()
     jwt_verifier.cache_clear()
     authorizer.cache_clear()
     dynamodb_client.cache_clear()
@@ -197,3 +205,55 @@ def generations_service() -> GenerationsService:
     from llmcredits.services.generations import GenerationsService
 
     return GenerationsService(DynamoLedgerStore(dynamodb_client(), table_name()))
+
+
+@cache
+def alert_store() -> DynamoAlertStore:
+    from llmcredits.dal.dynamodb_alerts import DynamoAlertStore
+
+    return DynamoAlertStore(dynamodb_client(), table_name())
+
+
+@cache
+def alert_envelope() -> Envelope:
+    """KMS envelope of webhook signing secrets (context: user_id + purpose)."""
+    from llmcredits.dal.kms_envelope import Envelope, kms_client
+
+    return Envelope(kms_client(), os.environ.get("WEBHOOK_KMS_KEY_ID") or None,
+                    context_name="purpose")
+
+
+def _event_publisher() -> object:
+    from llmcredits.dal.events import EventBridgePublisher
+
+    return EventBridgePublisher.from_env()
+
+
+@cache
+def _webhook_sender() -> object:
+    from llmcredits.dal.webhook_http import HttpWebhookSender
+
+    return HttpWebhookSender()
+
+
+@cache
+def alert_service() -> AlertService:
+    from llmcredits.services.alerts import AlertService
+
+    publisher = cache(_event_publisher)
+    return AlertService(
+        alert_store(), ledger_service().account, alert_envelope, publisher,  # type: ignore[arg-type]
+        _webhook_sender,  # type: ignore[arg-type]
+        # The local stack (and `sam local`) set AWS_SAM_LOCAL: http to a loopback host
+        # is allowed there only, so a receiver on this machine needs no certificate.
+        allow_loopback_http=os.environ.get("AWS_SAM_LOCAL") == "true",
+    )
+
+
+@cache
+def account_events_service() -> AccountEventsService:
+    """The watchers of account changes (the stream consumer's one service)."""
+    from llmcredits.services.account_events import AccountEventsService
+    from llmcredits.services.alerts import AlertWatcher
+
+    return AccountEventsService([AlertWatcher(alert_service())])

@@ -107,8 +107,10 @@ class Sealed:
         return f"Sealed(kms_key_id={self.kms_key_id!r})"
 
 
-def encryption_context(user_id: str, provider: str) -> dict[str, str]:
-    return {"user_id": user_id, "provider": provider}
+def encryption_context(user_id: str, provider: str, name: str = "provider") -> dict[str, str]:
+    """What KMS binds a data key to: the user and, under ``name``, what the secret is
+    for (BYOK: ``provider``; webhook signing secrets: ``purpose``)."""
+    return {"user_id": user_id, name: provider}
 
 
 class DataKeyCache:
@@ -158,10 +160,12 @@ class DataKeyCache:
 class Envelope:
     """Seal and open provider keys under a KMS key (``key_id``: id, ARN or alias)."""
 
-    def __init__(self, client: Any, key_id: str | None, cache: DataKeyCache | None = None):
+    def __init__(self, client: Any, key_id: str | None, cache: DataKeyCache | None = None,
+                 context_name: str = "provider"):
         self._client = client
         self._key_id = key_id
         self._cache = cache if cache is not None else DataKeyCache()
+        self._context_name = context_name
 
     @property
     def cache(self) -> DataKeyCache:
@@ -171,11 +175,11 @@ class Envelope:
              key_id: str | None = None) -> Sealed:
         target = key_id or self._key_id
         if not target:
-            raise RuntimeError("BYOK_KMS_KEY_ID is not configured")
+            raise RuntimeError("the KMS key id is not configured")
         resp = self._client.generate_data_key(
             KeyId=target,
             KeySpec="AES_256",
-            EncryptionContext=encryption_context(user_id, provider),
+            EncryptionContext=encryption_context(user_id, provider, self._context_name),
         )
         fernet = Fernet(base64.urlsafe_b64encode(resp["Plaintext"]))
         del resp["Plaintext"]
@@ -204,7 +208,7 @@ class Envelope:
         try:
             resp = self._client.decrypt(
                 CiphertextBlob=bytes(encrypted_data_key),
-                EncryptionContext=encryption_context(user_id, provider),
+                EncryptionContext=encryption_context(user_id, provider, self._context_name),
             )
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")

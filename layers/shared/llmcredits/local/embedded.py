@@ -511,6 +511,30 @@ def _table_request(name: str, props: Mapping[str, Any]) -> dict[str, Any]:
     return req
 
 
+def _add_missing_indexes(client: Any, name: str, props: Mapping[str, Any],
+                         desc: dict[str, Any]) -> dict[str, Any]:
+    """Create the template's GSIs a kept table lacks (a store from before they existed)."""
+    have = {i["IndexName"] for i in desc.get("GlobalSecondaryIndexes", [])}
+    request = _table_request(name, props)
+    attributes = {a["AttributeName"]: a for a in request["AttributeDefinitions"]}
+    for index in request.get("GlobalSecondaryIndexes", []):
+        if index["IndexName"] in have:
+            continue
+        used = [attributes[k["AttributeName"]] for k in index["KeySchema"]]
+        log.info("table %s: creating index %s", name, index["IndexName"])
+        client.update_table(TableName=name, AttributeDefinitions=used,
+                            GlobalSecondaryIndexUpdates=[{"Create": index}])
+        for _ in range(60):  # DynamoDB Local builds it at once; AWS takes a while
+            desc = client.describe_table(TableName=name)["Table"]
+            states = {i["IndexName"]: i.get("IndexStatus") for i in
+                      desc.get("GlobalSecondaryIndexes", [])}
+            if states.get(index["IndexName"]) in ("ACTIVE", None) and \
+                    index["IndexName"] in states:
+                break
+            time.sleep(0.5)
+    return desc
+
+
 class EmbeddedAws:
     """Starts moto (once per instance) and creates the template's tables and keys.
 
@@ -574,6 +598,7 @@ class EmbeddedAws:
             self._open_store()
             self._create_tables()
             self._create_keys()
+            self._create_event_buses()
             if self.store is not None:
                 self.store.open_journal()
             if os.environ.get(ENDPOINT_ENV) == "1":
@@ -635,6 +660,7 @@ class EmbeddedAws:
             try:
                 desc = client.describe_table(TableName=name)["Table"]
                 log.info("using existing table %s on %s", name, self.dynamodb_endpoint)
+                desc = _add_missing_indexes(client, name, props, desc)
             except client.exceptions.ResourceNotFoundException:
                 desc = client.create_table(**_table_request(name, props))["TableDescription"]
                 client.get_waiter("table_exists").wait(
@@ -677,7 +703,13 @@ class EmbeddedAws:
                     self.resources[lid] = ResourceValues(
                         ref=str(resolver.resolve(raw_props)["AliasName"]))
             return
+        for lid in keys:  # a store from before a key was added: keep the ones it has
+            if lid in kept:
+                self.resources[lid] = ResourceValues(
+                    ref=kept[lid]["ref"], attrs=dict(kept[lid]["attrs"]))
         for lid, raw_props in keys.items():
+            if lid in self.resources:
+                continue
             try:
                 props = resolver.resolve({k: v for k, v in raw_props.items() if k != "KeyPolicy"})
             except Unresolvable:
@@ -707,6 +739,27 @@ class EmbeddedAws:
                 self.resources[lid] = ResourceValues(ref=str(props["AliasName"]))
             except (Unresolvable, KeyError) as exc:
                 log.warning("KMS alias %s not created: %s", lid, exc)
+
+    # -- EventBridge -------------------------------------------------------------
+    def _create_event_buses(self) -> None:
+        """The template's event buses in moto (not kept across restarts: they hold no
+        data; a test reads what was put through a rule of its own)."""
+        buses = self.template.resources_of_type("AWS::Events::EventBus")
+        if not buses:
+            return
+        events = boto3.client("events", region_name=region())
+        resolver = self.template.resolver(self.resources, region=region())
+        for lid, res in buses.items():
+            try:
+                name = str(resolver.resolve((res.get("Properties") or {}).get("Name")))
+            except Unresolvable as exc:
+                log.warning("event bus %s not created: %s", lid, exc)
+                continue
+            try:
+                arn = events.create_event_bus(Name=name)["EventBusArn"]
+            except events.exceptions.ResourceAlreadyExistsException:
+                arn = events.describe_event_bus(Name=name)["Arn"]
+            self.resources[lid] = ResourceValues(ref=name, attrs={"Arn": arn, "Name": name})
 
     def _use_keys(self, keys: Mapping[str, Any]) -> None:
         first = next(iter(keys))
