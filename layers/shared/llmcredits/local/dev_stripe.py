@@ -849,7 +849,7 @@ class DevStripe(StandIn):
         return status, copy.deepcopy(body), {}
 
     def _new_customer(self, req: RecordedRequest) -> tuple[int, dict[str, Any], None]:
-        customer = {
+        customer: dict[str, Any] = {
             "id": new_id("cus"), "object": "customer", "created": int(time.time()),
             "description": req.form.get("description"), "email": req.form.get("email"),
             "livemode": False, "metadata": req.prefixed("metadata"),

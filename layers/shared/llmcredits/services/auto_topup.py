@@ -616,6 +616,15 @@ class AutoTopupService:
         return "topup_failed"
 
 
+class LogAlertSink:
+    """An AlertSink that only logs (a deployment without the alerts service wired)."""
+
+    def emit(self, user_id: str, event_type: str, detail: dict[str, Any],
+             event_id: str) -> None:
+        log.warning("alert", extra={"user_id": user_id, "alert": event_type,
+                                    "alert_event_id": event_id, "detail": detail})
+
+
 class AutoTopupWatcher:
     """The account-events watcher (services/account_events.py's AccountWatcher)."""
 
