@@ -47,6 +47,8 @@ class Alerts:
 
 @dataclass
 class Stack:
+    client: Any
+    table: str
     ledger: LedgerService
     service: AutoTopupService
     payments: PaymentsService
@@ -73,6 +75,15 @@ class Stack:
     def events(self, type_: str) -> list[dict[str, Any]]:
         return [e for e in self.stripe.events if e["type"] == type_]
 
+    def claimed_topups(self, user: str) -> list[str]:
+        """Every top-up ever claimed for ``user`` (the records claims write)."""
+        items = self.client.query(
+            TableName=self.table, ConsistentRead=True,
+            KeyConditionExpression="PK = :pk AND begins_with(SK, :sk)",
+            ExpressionAttributeValues={":pk": {"S": f"USER#{user}"},
+                                       ":sk": {"S": "RECORD#topup:"}})["Items"]
+        return [item["topup_id"]["S"] for item in items]
+
     def claim_of(self, user: str) -> str | None:
         config = self.store.get(user)
         return None if config is None or config.in_flight is None else \
@@ -94,7 +105,7 @@ def stack(local_table) -> Iterator[Stack]:
                                   webhook_secret=lambda: WHSEC, api_base=fake.url)
         payments = PaymentsService(ledger, checkout, PurchaseConfig.from_env({}),
                                    topups=service)
-        yield Stack(ledger, service, payments, store, fake, alerts)
+        yield Stack(client, name, ledger, service, payments, store, fake, alerts)
 
 
 def crossing_together(stack: Stack, user: str, threads: int = 16) -> None:
@@ -134,6 +145,7 @@ def test_sixteen_concurrent_crossings_make_one_payment_credited_once(stack: Stac
     crossing_together(stack, user)
     topup_id = stack.claim_of(user)
     assert topup_id is not None
+    assert stack.claimed_topups(user) == [topup_id]  # one claim of the 16
     # The claim's stream record may reach several workers (redelivery, retries).
     with ThreadPoolExecutor(4) as pool:
         outcomes = list(pool.map(lambda _: stack.service.process_claim(user, topup_id),
