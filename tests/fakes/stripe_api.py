@@ -98,7 +98,7 @@ def sample_ready(name: str, evt: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """Make events/<name>.json servable: the purchase sample gets a FakeStripe and a test
     key; the webhook sample is re-signed now with whsec_sample (its stored signature is
     older than Stripe's 300 s tolerance). Other samples pass through unchanged."""
-    if name not in ("credits_purchase_post", "stripe_webhook"):
+    if name not in ("credits_purchase_post", "stripe_webhook", "credits_payment_method_post"):
         yield evt
         return
     from llmcredits import bootstrap

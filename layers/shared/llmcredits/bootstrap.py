@@ -18,6 +18,7 @@ from llmcredits.services.ledger import LedgerService
 if TYPE_CHECKING:
     from llmcredits.dal.dynamodb_alerts import DynamoAlertStore
     from llmcredits.dal.dynamodb_api_keys import DynamoApiKeyStore
+    from llmcredits.dal.dynamodb_auto_topup import DynamoAutoTopupStore
     from llmcredits.dal.dynamodb_byok import DynamoByokStore
     from llmcredits.dal.dynamodb_usage import DynamoUsageStore
     from llmcredits.dal.kms_envelope import Envelope
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from llmcredits.services.alerts import AlertService
     from llmcredits.services.api_keys import ApiKeysService
     from llmcredits.services.authorize import Authorizer
+    from llmcredits.services.auto_topup import AlertSink, AutoTopupService, AutoTopupWatcher
     from llmcredits.services.byok import ByokService
     from llmcredits.services.chat import ChatService
     from llmcredits.services.generations import GenerationsService
@@ -80,6 +82,8 @@ def reset() -> None:
     api_keys_service.cache_clear()
     chat_service.cache_clear()
     payments_service.cache_clear()
+    auto_topup_store.cache_clear()
+    auto_topup_service.cache_clear()
     byok_store.cache_clear()
     byok_envelope.cache_clear()
     byok_service.cache_clear()
@@ -182,7 +186,41 @@ def payments_service() -> PaymentsService:
     from llmcredits.dal.stripe_checkout import StripeCheckout
     from llmcredits.services.payments import PaymentsService, PurchaseConfig
 
-    return PaymentsService(ledger_service(), StripeCheckout.from_env(), PurchaseConfig.from_env())
+    return PaymentsService(ledger_service(), StripeCheckout.from_env(), PurchaseConfig.from_env(),
+                           topups=auto_topup_service())
+
+
+@cache
+def auto_topup_store() -> DynamoAutoTopupStore:
+    from llmcredits.dal.dynamodb_auto_topup import DynamoAutoTopupStore
+
+    return DynamoAutoTopupStore(dynamodb_client(), table_name())
+
+
+def alert_sink() -> AlertSink:
+    """Where ``topup.failed`` goes. Until the alerts service is wired here (its
+    ``AlertService.emit`` has this signature), the alert is a warning log line."""
+    from llmcredits.services.auto_topup import LogAlertSink
+
+    return LogAlertSink()
+
+
+@cache
+def auto_topup_service() -> AutoTopupService:
+    # stripe is imported by the adapter's methods only, when a call needs it.
+    from llmcredits.dal.stripe_topups import StripeTopups
+    from llmcredits.services.auto_topup import AutoTopupService
+    from llmcredits.services.payments import PurchaseConfig
+
+    return AutoTopupService(ledger_service(), auto_topup_store(), StripeTopups.from_env(),
+                            PurchaseConfig.from_env(), alert_sink())
+
+
+def auto_topup_watcher() -> AutoTopupWatcher:
+    """The account-events watcher for auto top-up (registered with the stream consumer)."""
+    from llmcredits.services.auto_topup import AutoTopupWatcher
+
+    return AutoTopupWatcher(auto_topup_service())
 
 
 @cache

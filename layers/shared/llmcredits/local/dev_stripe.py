@@ -34,6 +34,28 @@ Stand-in pages (no API key; what a buyer's browser or a developer's curl does):
   (``charge.dispute.created``); ``POST /dispute/<session id>/close?status=won|lost``
   closes it (``charge.dispute.closed``, and for ``won`` ``charge.dispute.funds_reinstated``).
 
+Auto top-up (saved cards and off-session payments), as Stripe shapes them:
+
+* ``POST /v1/customers``: a ``customer`` (Idempotency-Key honoured as above).
+* ``POST /v1/checkout/sessions`` with ``mode=setup`` (and ``customer``): a setup-mode
+  session whose ``url`` is ``/pay/<id>``. Visiting it "saves a card": a SetupIntent
+  (``seti_test_...``, succeeded) and a PaymentMethod attached to the customer, then a
+  signed ``checkout.session.completed`` (mode ``setup``, ``setup_intent``) and 303 to the
+  success URL. ``?card=`` picks the card, as Stripe's test PaymentMethods do:
+  ``pm_card_visa`` (default: payments succeed), ``pm_card_chargeDeclined`` (declined) or
+  ``pm_card_authenticationRequired`` (the payment needs the customer: ``requires_action``).
+* ``GET /v1/setup_intents/<id>`` (``expand[]=payment_method``), ``GET /v1/charges/<id>``
+  (with a ``receipt_url``).
+* ``POST /v1/payment_intents`` (``amount``, ``currency``, ``customer``, ``payment_method``:
+  a saved one or a ``pm_card_*`` shorthand, ``confirm``, ``off_session``, ``metadata``):
+  succeeds (200, ``status`` succeeded, ``latest_charge``; event
+  ``payment_intent.succeeded``), is declined (402 ``card_error`` ``card_declined`` naming
+  the PaymentIntent, now ``requires_payment_method``; ``payment_intent.payment_failed``)
+  or needs authentication (200, ``requires_action``; ``payment_intent.requires_action``).
+  The same Idempotency-Key replays the first answer, error included, with no new event.
+* ``POST /payment_methods/<pm>/card?card=pm_card_chargeDeclined``: make a saved card
+  behave as another from now on (a card that starts failing).
+
 Webhook signing is Stripe's scheme (https://docs.stripe.com/webhooks#verify-manually):
 ``Stripe-Signature: t=<unix time>,v1=<hex HMAC-SHA256 of "<t>.<raw body>">`` keyed with
 the endpoint secret; the body is pretty-printed JSON, as Stripe sends it. Deliveries are
@@ -185,6 +207,67 @@ def dispute(
         "payment_intent": payment_intent,
         "reason": "fraudulent",
         "status": "needs_response",
+    }
+
+
+#: Stripe's test PaymentMethods: what paying with each does, and how it looks.
+TEST_CARDS: dict[str, dict[str, str]] = {
+    "pm_card_visa": {"outcome": "succeed", "brand": "visa", "last4": "4242"},
+    "pm_card_chargeDeclined": {"outcome": "decline", "brand": "visa", "last4": "0002"},
+    "pm_card_authenticationRequired": {"outcome": "authenticate", "brand": "visa",
+                                       "last4": "3155"},
+}
+
+
+def payment_method(card: str, customer: str | None) -> dict[str, Any]:
+    """A ``payment_method`` of type card, made from one of TEST_CARDS."""
+    looks = TEST_CARDS[card]
+    return {
+        "id": new_id("pm"),
+        "object": "payment_method",
+        "type": "card",
+        "card": {"brand": looks["brand"], "last4": looks["last4"], "exp_month": 12,
+                 "exp_year": 2034, "country": "US", "funding": "credit"},
+        "created": int(time.time()),
+        "customer": customer,
+        "livemode": False,
+        "metadata": {},
+    }
+
+
+def payment_intent(
+    *,
+    amount: int,
+    customer: str | None,
+    payment_method_id: str | None,
+    metadata: dict[str, str] | None = None,
+    status: str = "succeeded",
+    currency: str = "usd",
+    latest_charge: str | None = None,
+    last_payment_error: dict[str, Any] | None = None,
+    pi_id: str | None = None,
+) -> dict[str, Any]:
+    """A ``payment_intent`` object (by default a succeeded off-session payment)."""
+    return {
+        "id": pi_id or new_id("pi"),
+        "object": "payment_intent",
+        "amount": amount,
+        "amount_received": amount if status == "succeeded" else 0,
+        "capture_method": "automatic",
+        "confirmation_method": "automatic",
+        "created": int(time.time()),
+        "currency": currency,
+        "customer": customer,
+        "description": None,
+        "last_payment_error": last_payment_error,
+        "latest_charge": latest_charge,
+        "livemode": False,
+        "metadata": metadata or {},
+        "next_action": {"type": "use_stripe_sdk"} if status == "requires_action" else None,
+        "payment_method": payment_method_id,
+        "payment_method_types": ["card"],
+        "setup_future_usage": None,
+        "status": status,
     }
 
 
@@ -351,7 +434,16 @@ class DevStripe(StandIn):
         self._events: list[dict[str, Any]] = []
         self._deliveries: list[Delivery] = []
         # (api key, idempotency key) -> (form, response body)
-        self._idempotent: dict[tuple[str, str], tuple[dict[str, str], dict[str, Any]]] = {}
+        # (api key, idempotency key) -> (path, form, status, response body)
+        self._idempotent: dict[tuple[str, str],
+                               tuple[str, dict[str, str], int, dict[str, Any]]] = {}
+        self._customers: dict[str, dict[str, Any]] = {}
+        # payment method id -> (object, the TEST_CARDS entry it behaves as)
+        self._payment_methods: dict[str, tuple[dict[str, Any], str]] = {}
+        self._setup_intents: dict[str, dict[str, Any]] = {}
+        self._payment_intents: dict[str, dict[str, Any]] = {}
+        self._charges: dict[str, dict[str, Any]] = {}
+        self._setups: dict[str, dict[str, Any]] = {}  # setup session id -> its event
 
     # ---- lifecycle
 
@@ -393,15 +485,151 @@ class DevStripe(StandIn):
             self._events.clear()
             self._deliveries.clear()
             self._idempotent.clear()
+            self._customers.clear()
+            self._payment_methods.clear()
+            self._setup_intents.clear()
+            self._payment_intents.clear()
+            self._charges.clear()
+            self._setups.clear()
 
-    # ---- the buyer and the operator
+    @property
+    def customers(self) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            return copy.deepcopy(self._customers)
 
-    def pay(self, session_id: str) -> tuple[dict[str, Any], Delivery | None]:
-        """Pay the session (once; again = redeliver its event) and deliver the event."""
+    @property
+    def payment_methods(self) -> dict[str, dict[str, Any]]:
+        """Saved PaymentMethods by id."""
+        with self._lock:
+            return {k: copy.deepcopy(v[0]) for k, v in self._payment_methods.items()}
+
+    @property
+    def payment_intents(self) -> dict[str, dict[str, Any]]:
+        """PaymentIntents by id, as they are now."""
+        with self._lock:
+            return copy.deepcopy(self._payment_intents)
+
+    def set_card(self, payment_method_id: str, card: str) -> dict[str, Any]:
+        """Make a saved card behave as the TEST_CARDS entry ``card`` from now on."""
+        if card not in TEST_CARDS:
+            raise _invalid(f"Unknown test card {card!r}.", "card")
+        with self._lock:
+            found = self._payment_methods.get(payment_method_id)
+            if found is None:
+                raise _missing("payment_method", payment_method_id)
+            self._payment_methods[payment_method_id] = (found[0], card)
+            return copy.deepcopy(found[0])
+
+    # ---- setup mode: the customer saves a card
+
+    def save_card(self, session_id: str, card: str = "pm_card_visa"
+                  ) -> tuple[dict[str, Any], Delivery | None]:
+        """Complete a setup-mode session with ``card`` (once; again = redeliver)."""
+        if card not in TEST_CARDS:
+            raise _invalid(f"Unknown test card {card!r}.", "card")
         with self._lock:
             session = self._sessions.get(session_id)
             if session is None:
                 raise _missing("checkout.session", session_id)
+            evt = self._setups.get(session_id)
+            if evt is None:
+                customer = session.get("customer")
+                pm = payment_method(card, customer)
+                self._payment_methods[pm["id"]] = (pm, card)
+                seti = {
+                    "id": new_id("seti"), "object": "setup_intent", "customer": customer,
+                    "payment_method": pm["id"], "status": "succeeded", "usage": "off_session",
+                    "created": int(time.time()), "livemode": False,
+                    "metadata": dict(session.get("metadata") or {}),
+                    "payment_method_types": ["card"],
+                }
+                self._setup_intents[seti["id"]] = seti
+                session = {**session, "status": "complete", "setup_intent": seti["id"],
+                           "url": None}
+                self._sessions[session_id] = session
+                evt = event("checkout.session.completed", copy.deepcopy(session))
+                self._setups[session_id] = evt
+                self._events.append(evt)
+            evt = copy.deepcopy(evt)
+            session = copy.deepcopy(session)
+        return session, self.deliver(evt)
+
+    # ---- off-session payments
+
+    def _create_payment_intent(self, form: dict[str, str], metadata: dict[str, str]
+                               ) -> tuple[int, dict[str, Any], dict[str, Any] | None]:
+        """(status, body, event to deliver) of POST /v1/payment_intents."""
+        for name in ("amount", "currency"):
+            if not form.get(name):
+                raise _invalid(f"Missing required param: {name}.", name, "parameter_missing")
+        try:
+            amount = int(form["amount"])
+        except ValueError:
+            raise _invalid("Invalid integer", "amount", "parameter_invalid_integer") from None
+        if amount < MINIMUM_AMOUNT_CENTS:
+            raise _invalid("Amount must be at least $0.50 usd", "amount", "amount_too_small")
+        if form.get("confirm") != "true":
+            raise _invalid("This stand-in supports confirm=true only.", "confirm")
+        customer = form.get("customer") or None
+        if customer is not None and customer not in self._customers:
+            raise _missing("customer", customer)
+        pm_id = form.get("payment_method") or ""
+        if pm_id in TEST_CARDS:  # Stripe's shorthand: a fresh PaymentMethod of that card
+            pm = payment_method(pm_id, customer)
+            self._payment_methods[pm["id"]] = (pm, pm_id)
+            pm_id = pm["id"]
+        found = self._payment_methods.get(pm_id)
+        if found is None:
+            raise _missing("payment_method", pm_id) if pm_id else _invalid(
+                "Missing required param: payment_method.", "payment_method",
+                "parameter_missing")
+        if customer is not None and found[0].get("customer") not in (None, customer):
+            raise _invalid("The provided PaymentMethod is attached to another customer.",
+                           "payment_method")
+        outcome = TEST_CARDS[found[1]]["outcome"]
+        currency = form["currency"].lower()
+        if outcome == "succeed":
+            pi = payment_intent(amount=amount, customer=customer, payment_method_id=pm_id,
+                                metadata=metadata, currency=currency)
+            ch = charge(payment_intent=pi["id"], amount=amount, amount_refunded=0,
+                        currency=currency)
+            ch["receipt_url"] = f"{self.url}/receipts/{ch['id']}"
+            ch["payment_method"] = pm_id
+            self._charges[ch["id"]] = ch
+            pi["latest_charge"] = ch["id"]
+            self._payment_intents[pi["id"]] = pi
+            return 200, copy.deepcopy(pi), event("payment_intent.succeeded", copy.deepcopy(pi))
+        if outcome == "authenticate":
+            pi = payment_intent(amount=amount, customer=customer, payment_method_id=pm_id,
+                                metadata=metadata, currency=currency, status="requires_action")
+            self._payment_intents[pi["id"]] = pi
+            return 200, copy.deepcopy(pi), event("payment_intent.requires_action",
+                                                 copy.deepcopy(pi))
+        error = {"type": "card_error", "code": "card_declined", "decline_code": "generic_decline",
+                 "message": "Your card was declined.", "payment_method": {"id": pm_id}}
+        pi = payment_intent(amount=amount, customer=customer, payment_method_id=None,
+                            metadata=metadata, currency=currency,
+                            status="requires_payment_method", last_payment_error=error)
+        self._payment_intents[pi["id"]] = pi
+        body = {"error": {**error, "payment_intent": copy.deepcopy(pi),
+                          "request_log_url": f"{self.url}/logs"}}
+        return 402, body, event("payment_intent.payment_failed", copy.deepcopy(pi))
+
+    # ---- the buyer and the operator
+
+    def pay(self, session_id: str, card: str | None = None
+            ) -> tuple[dict[str, Any], Delivery | None]:
+        """Pay the session (once; again = redeliver its event) and deliver the event.
+        A setup-mode session saves ``card`` instead (see save_card)."""
+        with self._lock:
+            session = self._sessions.get(session_id)
+            if session is None:
+                raise _missing("checkout.session", session_id)
+            setup = session.get("mode") == "setup"
+        if setup:
+            return self.save_card(session_id, card or "pm_card_visa")
+        with self._lock:
+            session = self._sessions[session_id]
             paid = self._payments.get(session_id)
             if paid is None:
                 pi = new_id("pi")
@@ -561,36 +789,94 @@ class DevStripe(StandIn):
                 return 200, copy.deepcopy(found), {}
         if req.method == "POST" and path == "/v1/refunds":
             return 200, self._refund_by_payment_intent(req.form), {}
-        if req.method == "GET" and path.startswith("/v1/payment_intents/"):
-            return 200, self._payment_intent(path.rsplit("/", 1)[1], req.query), {}
+        if req.method == "POST" and path == "/v1/customers":
+            return self._idempotent_create(req, key, self._new_customer)
+        if req.method == "POST" and path == "/v1/payment_intents":
+            return self._idempotent_create(req, key, self._payment_intent_answer)
+        for prefix, store, kind in (("/v1/setup_intents/", self._setup_intents, "setup_intent"),
+                                    ("/v1/charges/", self._charges, "charge"),
+                                    ("/v1/payment_intents/", self._payment_intents,
+                                     "payment_intent"),
+                                    ("/v1/customers/", self._customers, "customer")):
+            if req.method == "GET" and path.startswith(prefix):
+                ident = path.removeprefix(prefix)
+                if kind == "payment_intent" and ident not in self._payment_intents:
+                    # A purchase's PaymentIntent (made when its Checkout was paid).
+                    return 200, self._payment_intent(ident, req.query), {}
+                with self._lock:
+                    found = store.get(ident)
+                    if found is None:
+                        raise _missing(kind, ident)
+                    found = copy.deepcopy(found)
+                    expand = {v for k, v in req.query.items() if k.startswith("expand")}
+                    pm = self._payment_methods.get(str(found.get("payment_method")))
+                    if "payment_method" in expand and pm is not None:
+                        found["payment_method"] = copy.deepcopy(pm[0])
+                    latest = self._charges.get(str(found.get("latest_charge")))
+                    if "latest_charge" in expand and latest is not None:
+                        found["latest_charge"] = copy.deepcopy(latest)
+                return 200, found, {}
         raise DevStripeError(404, stripe_error(
             "invalid_request_error", f"Unrecognized request URL ({req.method}: {req.path})."))
 
     def _create_session(self, req: RecordedRequest, api_key: str
                         ) -> tuple[int, dict[str, Any], dict[str, str]]:
+        def create(request: RecordedRequest) -> tuple[int, dict[str, Any], None]:
+            session = self._new_session(request)
+            self._sessions[session["id"]] = session
+            return 200, session, None
+
+        return self._idempotent_create(req, api_key, create)
+
+    def _idempotent_create(self, req: RecordedRequest, api_key: str, create: Any
+                           ) -> tuple[int, dict[str, Any], dict[str, str]]:
+        """Run ``create`` (-> status, body, event to deliver) once per Idempotency-Key:
+        the same key and parameters replay the first answer (Stripe keeps an error
+        answer too once the request ran), other parameters are an idempotency_error.
+        Validation errors (DevStripeError) are not kept, as on Stripe."""
         with self._lock:
             idem = req.idempotency_key
             if idem:
                 seen = self._idempotent.get((api_key, idem))
                 if seen is not None:
-                    form, body = seen
-                    if form != req.form:
+                    path, form, status, body = seen
+                    if form != req.form or path != req.path:
                         raise DevStripeError(400, stripe_error(
                             "idempotency_error",
                             "Keys for idempotent requests can only be used with the same "
                             "parameters they were first used with. Try using a key other "
                             f"than '{idem}' if you meant to execute a different request."))
-                    return 200, copy.deepcopy(body), {"Idempotent-Replayed": "true"}
-            session = self._new_session(req)
-            self._sessions[session["id"]] = session
+                    return status, copy.deepcopy(body), {"Idempotent-Replayed": "true"}
+            status, body, evt = create(req)
             if idem:
-                self._idempotent[(api_key, idem)] = (dict(req.form), copy.deepcopy(session))
-            return 200, copy.deepcopy(session), {}
+                self._idempotent[(api_key, idem)] = (req.path, dict(req.form), status,
+                                                     copy.deepcopy(body))
+            if evt is not None:
+                self._events.append(evt)
+        if evt is not None:
+            self.deliver(copy.deepcopy(evt))
+        return status, copy.deepcopy(body), {}
+
+    def _new_customer(self, req: RecordedRequest) -> tuple[int, dict[str, Any], None]:
+        customer: dict[str, Any] = {
+            "id": new_id("cus"), "object": "customer", "created": int(time.time()),
+            "description": req.form.get("description"), "email": req.form.get("email"),
+            "livemode": False, "metadata": req.prefixed("metadata"),
+        }
+        self._customers[customer["id"]] = customer
+        return 200, customer, None
+
+    def _payment_intent_answer(self, req: RecordedRequest
+                               ) -> tuple[int, dict[str, Any], dict[str, Any] | None]:
+        return self._create_payment_intent(req.form, req.prefixed("metadata"))
 
     def _new_session(self, req: RecordedRequest) -> dict[str, Any]:
         form = req.form
+        if form.get("mode") == "setup":
+            return self._new_setup_session(req)
         if form.get("mode") != "payment":
-            raise _invalid("Invalid mode: this stand-in supports mode=payment only.", "mode")
+            raise _invalid("Invalid mode: this stand-in supports mode=payment and setup.",
+                           "mode")
         for name in ("success_url", "line_items[0][quantity]",
                      "line_items[0][price_data][currency]",
                      "line_items[0][price_data][unit_amount]",
@@ -637,6 +923,24 @@ class DevStripe(StandIn):
         return {"id": pi, "object": "payment_intent", "amount": amount,
                 "amount_received": amount, "currency": "usd", "status": "succeeded",
                 "latest_charge": latest, "livemode": False, "metadata": {}}
+
+    def _new_setup_session(self, req: RecordedRequest) -> dict[str, Any]:
+        form = req.form
+        if not form.get("success_url"):
+            raise _invalid("Missing required param: success_url.", "success_url",
+                           "parameter_missing")
+        customer = form.get("customer") or None
+        if customer is not None and customer not in self._customers:
+            raise _missing("customer", customer)
+        session = checkout_session(
+            user_id=form.get("client_reference_id"), amount_cents=0,
+            metadata=req.prefixed("metadata"), payment_status="no_payment_required",
+            payment_intent=None, success_url=form["success_url"],
+            cancel_url=form.get("cancel_url"), currency="usd")
+        session.update({"mode": "setup", "customer": customer, "setup_intent": None,
+                        "amount_subtotal": None, "amount_total": None, "currency": None,
+                        "status": "open", "url": self.pay_url(session["id"])})
+        return session
 
     def _refund_by_payment_intent(self, form: dict[str, str]) -> dict[str, Any]:
         pi = form.get("payment_intent") or ""
@@ -688,7 +992,7 @@ class _Handler(StandInHandler):
                 status, body, extra = stripe._api(request)
                 self._json(status, body, extra)
             elif path.startswith("/pay/"):
-                session, delivery = stripe.pay(path.removeprefix("/pay/"))
+                session, delivery = stripe.pay(path.removeprefix("/pay/"), query.get("card"))
                 self._json(303, _page(session, delivery),
                            {"Location": _success_location(session)})
             elif method == "POST" and path.startswith("/dispute/") and \
@@ -703,6 +1007,11 @@ class _Handler(StandInHandler):
             elif method == "GET" and path.startswith("/receipts/"):
                 self._json(200, {"object": "receipt", "charge": path.removeprefix("/receipts/"),
                                  "note": "dev stand-in: no money moved"})
+            elif method == "POST" and path.startswith("/payment_methods/") and \
+                    path.endswith("/card"):
+                pm = stripe.set_card(path.removeprefix("/payment_methods/").removesuffix("/card"),
+                                     query.get("card", "pm_card_visa"))
+                self._json(200, {"payment_method": pm, "card": query.get("card", "pm_card_visa")})
             elif method == "POST" and path.startswith("/refund/"):
                 amount = _cents(parse_qs(parts.query).get("amount", [None])[-1])
                 refund, delivery = stripe.refund(path.removeprefix("/refund/"), amount)

@@ -158,6 +158,15 @@ class CheckoutSession:
     url: str
 
 
+class TopupEvents(Protocol):
+    """The auto top-up webhooks (services/auto_topup.py): setup-mode sessions and the
+    PaymentIntents of top-ups."""
+
+    def handles(self, event_type: str, obj: dict[str, Any]) -> bool: ...
+
+    def apply_event(self, event_id: str, event_type: str, obj: dict[str, Any]) -> str: ...
+
+
 class PaymentProvider(Protocol):
     def create_checkout_session(self, request: CheckoutRequest) -> CheckoutSession:
         """Raises CheckoutIdempotencyMismatch or CheckoutUnavailable."""
@@ -318,11 +327,13 @@ class PaymentsService:
         provider: PaymentProvider,
         config: PurchaseConfig,
         clock: Callable[[], datetime] = utcnow,
+        topups: TopupEvents | None = None,
     ) -> None:
         self._ledger = ledger
         self._provider = provider
         self._config = config
         self._clock = clock
+        self._topups = topups
 
     # -- POST /credits/purchase ----------------------------------------------------------
 
@@ -416,7 +427,9 @@ class PaymentsService:
             "checkout.session.async_payment_succeeded": self._session_paid,
             "checkout.session.async_payment_failed": self._session_failed,
         }.get(event_type)
-        if session_handler is not None:
+        if self._topups is not None and self._topups.handles(event_type, obj):
+            outcome = self._topups.apply_event(event_id, event_type, obj)
+        elif session_handler is not None:
             outcome = session_handler(event_id, obj)
         elif event_type == "charge.refunded":
             outcome = self._charge_refunded(event, obj)
