@@ -170,7 +170,7 @@ class DynamoAutoTopupStore:
             }},
         ]
         try:
-            self._transact(items)
+            self._transact(items, new_record=True)
         except _RecordExists:
             return False
         return True
@@ -198,21 +198,23 @@ class DynamoAutoTopupStore:
             items.append({"Update": self._flag(after.user_id, after.enabled)})
         self._transact(items)
 
-    def _transact(self, items: list[dict[str, Any]]) -> None:
+    def _transact(self, items: list[dict[str, Any]], *, new_record: bool = False) -> None:
+        """The item's guard is always first; with ``new_record`` the second is a record
+        that must not exist; an account flag update, if any, is last."""
         try:
             self._client.transact_write_items(TransactItems=items)
         except ClientError as exc:
             if _code(exc) != "TransactionCanceledException":
                 raise
             reasons = _reasons(exc)
-            if reasons[:1] == ["ConditionalCheckFailed"]:
+            if reasons[:1] == ["ConditionalCheckFailed"] or "TransactionConflict" in reasons:
                 raise StaleRead() from None
-            if reasons[1:2] == ["ConditionalCheckFailed"] and items[1].get("Put"):
+            if new_record and reasons[1:2] == ["ConditionalCheckFailed"]:
                 raise _RecordExists() from None
-            if "ConditionalCheckFailed" in reasons:
+            if len(items) > 1 and "Update" in items[-1] and \
+                    reasons[len(items) - 1:] == ["ConditionalCheckFailed"] and \
+                    items[-1]["Update"]["Key"]["SK"] == {"S": ACCOUNT_SK}:
                 raise AccountMissing() from None
-            if "TransactionConflict" in reasons:
-                raise StaleRead() from None
             raise
 
 
