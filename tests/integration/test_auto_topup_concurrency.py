@@ -40,9 +40,9 @@ class Alerts:
         self.emitted: list[tuple[str, str, dict[str, Any], str]] = []
 
     def emit(self, user_id: str, event_type: str, detail: dict[str, Any],
-             event_id: str) -> None:
+             source_id: str) -> None:
         with self.lock:
-            self.emitted.append((user_id, event_type, detail, event_id))
+            self.emitted.append((user_id, event_type, detail, source_id))
 
 
 @dataclass

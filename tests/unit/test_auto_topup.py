@@ -28,8 +28,8 @@ class RecordingAlerts:
         self.emitted: list[tuple[str, str, dict[str, Any], str]] = []
 
     def emit(self, user_id: str, event_type: str, detail: dict[str, Any],
-             event_id: str) -> None:
-        self.emitted.append((user_id, event_type, detail, event_id))
+             source_id: str) -> None:
+        self.emitted.append((user_id, event_type, detail, source_id))
 
 
 @pytest.fixture
@@ -275,7 +275,7 @@ def test_a_crossing_charges_the_saved_card_off_session_once_and_credits_once(str
     assert status == 200, body
     (entry,) = [i for i in body["items"] if i["type"] == "purchase"]
     assert entry["amount"] == "20.000000" and entry["metadata"]["source"] == "auto_topup"
-    assert entry["metadata"]["receipt_url"].endswith(succeeded["data"]["object"]["latest_charge"])
+    assert entry["receipt_url"].endswith(succeeded["data"]["object"]["latest_charge"])
     assert alerts.emitted == []
     # the same crossing's record delivered after it all: its top-up exists, no second one
     assert cross("ivan", "10", "4", event_id="rec-1") == "duplicate"

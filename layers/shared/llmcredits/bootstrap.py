@@ -198,11 +198,11 @@ def auto_topup_store() -> DynamoAutoTopupStore:
 
 
 def alert_sink() -> AlertSink:
-    """Where ``topup.failed`` goes. Until the alerts service is wired here (its
-    ``AlertService.emit`` has this signature), the alert is a warning log line."""
-    from llmcredits.services.auto_topup import LogAlertSink
+    """Where ``topup.failed`` goes: the alerts outbox (once per event id); the deliverer
+    publishes it to the bus and POSTs the user's webhook."""
+    from llmcredits.services.alerts import QueuedAlerts
 
-    return LogAlertSink()
+    return QueuedAlerts(alert_service())
 
 
 @cache
@@ -294,4 +294,4 @@ def account_events_service() -> AccountEventsService:
     from llmcredits.services.account_events import AccountEventsService
     from llmcredits.services.alerts import AlertWatcher
 
-    return AccountEventsService([AlertWatcher(alert_service())])
+    return AccountEventsService([AlertWatcher(alert_service()), auto_topup_watcher()])

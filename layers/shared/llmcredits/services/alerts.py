@@ -199,15 +199,16 @@ class AlertService:
         return self.store.record(event, timestamp(self._clock()), state)
 
     def emit(self, user_id: str, event_type: str, detail: dict[str, Any],
-             source_id: str) -> bool:
+             source_id: str, *, deliver: bool = True) -> bool:
         """An alert raised by another service (``topup.failed``): recorded once per
-        (user, type, ``source_id``), published and POSTed like every alert."""
+        (user, type, ``source_id``), published and POSTed like every alert (with
+        ``deliver=False`` by the deliverer only, within a minute)."""
         if event_type not in EVENT_TYPES:
             raise ValueError(f"unknown alert type {event_type!r}")
         event = AlertEvent(event_id(user_id, event_type, source_id), event_type, user_id,
                            int(self._clock().timestamp()), dict(detail))
         recorded = self.record(event)
-        if recorded:
+        if recorded and deliver:
             self.deliver_now([event])
         return recorded
 
@@ -312,3 +313,16 @@ class AlertWatcher:
             if self._service.record(event, state):
                 recorded.append(event)
         self._service.deliver_now(recorded)
+
+
+class QueuedAlerts:
+    """The AlertSink of functions that should not POST webhooks or hold KMS rights (the
+    Stripe webhook and the auto top-up worker raise ``topup.failed``): the alert is
+    recorded in the outbox and the deliverer sends it within a minute."""
+
+    def __init__(self, service: AlertService) -> None:
+        self._service = service
+
+    def emit(self, user_id: str, event_type: str, detail: dict[str, Any],
+             source_id: str) -> bool:
+        return self._service.emit(user_id, event_type, detail, source_id, deliver=False)

@@ -53,7 +53,7 @@ from llmcredits.domain.auto_topup import (
     plan_success,
     topup_id_for,
 )
-from llmcredits.domain.ledger import EntryType, RecordWrite, month_of, timestamp
+from llmcredits.domain.ledger import EntryType, LotSource, RecordWrite, month_of, timestamp
 from llmcredits.domain.ports import RecordConflict, StaleRead
 from llmcredits.errors import ContentionTimeout, InvalidRequest
 from llmcredits.money import format_money
@@ -80,7 +80,7 @@ MAX_ATTEMPTS = 50
 META_TOPUP = "llmcredits_topup_id"
 META_KIND = "llmcredits_kind"
 TOPUP_FAILED = "topup.failed"
-LOT_SOURCE = "auto_topup"
+LOT_SOURCE = LotSource.AUTO_TOPUP.value
 SETUP_EVENTS = frozenset({"checkout.session.completed"})
 PAYMENT_INTENT_EVENTS = frozenset({
     "payment_intent.succeeded", "payment_intent.payment_failed",
@@ -123,10 +123,10 @@ def alert_event_id(topup_id: str) -> str:
 
 class AlertSink(Protocol):
     """Where ``topup.failed`` goes (the alerts service's ``AlertService.emit``); must be
-    idempotent by ``event_id``: a webhook redelivered raises the same alert again."""
+    idempotent by ``source_id``: a webhook redelivered raises the same alert again."""
 
     def emit(self, user_id: str, event_type: str, detail: dict[str, Any],
-             event_id: str) -> None: ...
+             source_id: str) -> object: ...
 
 
 class TopupStore(Protocol):
@@ -545,7 +545,7 @@ class AutoTopupService:
         charge_id = _id_of(pi.get("latest_charge"))
         if receipt is None and charge_id:
             receipt = self._provider.receipt_url(charge_id)
-        metadata: dict[str, Any] = {**links, **({"receipt_url": receipt} if receipt else {})}
+        metadata: dict[str, Any] = dict(links)
         records = [
             RecordWrite(event_key(event_id), {**links, "applied_at": now}, user_id),
             RecordWrite(topup_credit_key(topup_id), {**links, "credited_at": now}, user_id),
@@ -556,7 +556,8 @@ class AutoTopupService:
         outcome = "credited"
         try:
             self._ledger.credit(user_id, dollars(cents), EntryType.PURCHASE,
-                                metadata=metadata, records=records)
+                                metadata=metadata, records=records,
+                                source=LotSource.AUTO_TOPUP, receipt_url=receipt)
         except RecordConflict:
             outcome = "duplicate"
         self._succeeded(user_id, topup_id, pi_id)
@@ -614,15 +615,6 @@ class AutoTopupService:
             "message": message,
         }, alert_event_id(topup_id))
         return "topup_failed"
-
-
-class LogAlertSink:
-    """An AlertSink that only logs (a deployment without the alerts service wired)."""
-
-    def emit(self, user_id: str, event_type: str, detail: dict[str, Any],
-             event_id: str) -> None:
-        log.warning("alert", extra={"user_id": user_id, "alert": event_type,
-                                    "alert_event_id": event_id, "detail": detail})
 
 
 class AutoTopupWatcher:
