@@ -183,7 +183,7 @@ def test_an_open_hold_is_pending_then_its_recorded_answer_then_settled(upstream)
     request_id = str(uuid.uuid4())
     hold = ledger.reserve(account, Decimal("2"), rate_limit=None, request_id=request_id,
                           model=BALANCED)
-    assert hold.id == hold_id_for(request_id)
+    assert hold.id == hold_id_for("gen-pending", request_id)
     running = get("gen-pending", request_id)
     assert running["status"] == "pending" and running["hold"] == "2.000000"
     assert running["cost"] is None and running["prompt_tokens"] is None
@@ -208,6 +208,21 @@ def test_an_open_hold_is_pending_then_its_recorded_answer_then_settled(upstream)
     settled = get("gen-pending", request_id)
     assert settled == {**answered, "status": "settled"}
     assert balance("gen-pending") == Decimal("9.5")
+
+
+def test_two_users_with_one_request_id_each_reserve_and_read_their_own(upstream):
+    from llmcredits.local.embedded import install_client_request_tokens
+
+    install_client_request_tokens()  # DynamoDB's tokens are per account, not per item
+    request_id = str(uuid.uuid4())
+    holds = []
+    for user, amount in (("gen-twin-a", "1"), ("gen-twin-b", "2")):
+        ledger, account = ledger_and_account(user)
+        holds.append(ledger.reserve(account, Decimal(amount), rate_limit=None,
+                                    request_id=request_id))
+    assert holds[0].id != holds[1].id
+    assert get("gen-twin-a", request_id)["hold"] == "1.000000"
+    assert get("gen-twin-b", request_id)["hold"] == "2.000000"
 
 
 def test_a_hold_freed_by_the_sweeper_then_answered_reads_back_its_balance_charge(upstream):
@@ -273,7 +288,7 @@ def test_the_lookup_is_at_most_three_consistent_getitems(upstream, state):
 
 
 def test_a_hold_or_entry_of_another_request_id_is_no_generation():
-    hold = Hold(id=hold_id_for("req-a"), user_id="u", amount=Decimal(1),
+    hold = Hold(id=hold_id_for("u", "req-a"), user_id="u", amount=Decimal(1),
                 created_at="2026-12-01T00:00:00.000000Z", request_id="req-a")
     assert generation_of("req-a", hold, None) is not None
     assert generation_of("req-b", hold, None) is None  # a hash collision is not a match
@@ -288,7 +303,7 @@ def test_a_hold_or_entry_of_another_request_id_is_no_generation():
 
 
 def test_hold_ids_derive_from_request_ids_and_stay_shardable():
-    first, again, other = hold_id_for("r-1"), hold_id_for("r-1"), hold_id_for("r-2")
-    assert first == again != other
+    first, again = hold_id_for("ann", "r-1"), hold_id_for("ann", "r-1")
+    assert first == again != hold_id_for("ann", "r-2") != hold_id_for("bob", "r-1")
     assert len(first) == 32 and int(first, 16) >= 0  # hex: HoldsByAge shards read [:8]
-    assert hold_id_for("") != hold_id_for("")  # no request id: a random hold id
+    assert hold_id_for("ann", "") != hold_id_for("ann", "")  # no request id: a random hold id

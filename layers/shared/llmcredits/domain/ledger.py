@@ -751,17 +751,19 @@ def fingerprint(payload: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def hold_id_for(request_id: str) -> str:
-    """The id of the hold a request reserves: derived from its request id, so the
-    request's charge is found from the id alone (GET /generations/{request_id}) with
-    consistent GetItems and no write beyond the chat's own.
+def hold_id_for(user_id: str, request_id: str) -> str:
+    """The id of the hold a request reserves: derived from its user and request id, so
+    the request's charge is found from the id alone (GET /generations/{request_id})
+    with consistent GetItems and no write beyond the chat's own.
 
     32 hex digits (the HoldsByAge shard is read from the first 8). The request id is the
     platform's (API Gateway's ``requestId``, a UUID; never a client header), so it is
-    unique; a hold of a request without one (tests, tools) gets a random id."""
+    unique; the user is in the hash too because transaction tokens derive from hold
+    ids and DynamoDB scopes tokens to the account, not the item. A hold of a request
+    without an id (tests, tools) gets a random id."""
     if not request_id:
         return uuid.uuid4().hex
-    return hashlib.sha256(f"request:{request_id}".encode()).hexdigest()[:32]
+    return hashlib.sha256(f"request:{user_id}\0{request_id}".encode()).hexdigest()[:32]
 
 
 def hold_charged_key(hold_id: str) -> str:

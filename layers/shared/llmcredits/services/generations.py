@@ -29,7 +29,7 @@ class GenerationsService:
 
     def get(self, user_id: str, request_id: str) -> Generation:
         """The generation, or 404 (the same answer whoever's id it is: no oracle)."""
-        hold_id = hold_id_for(request_id)
+        hold_id = hold_id_for(user_id, request_id)
         hold = self._store.get_hold(user_id, hold_id)
         entry = None
         if hold is None:

@@ -541,7 +541,7 @@ class LedgerService:
             writes = tuple(extra(account) if callable(extra) else extra)
             mutation = plan_reserve(account, amount, rate, writes)  # raises the 402s
             hold = Hold(
-                id=hold_id_for(request_id),  # found again from the request id alone
+                id=hold_id_for(account.user_id, request_id),  # found again from the request id
                 user_id=account.user_id,
                 amount=amount,
                 created_at=timestamp(now),
@@ -552,8 +552,12 @@ class LedgerService:
             if release_extra is not None:
                 hold = replace(hold, release_extra=tuple(release_extra(hold)))
             try:
+                # A token per attempt: the hold id is the same on every attempt (it is
+                # the request's), and DynamoDB refuses a token reused with other items.
                 self._store.commit(
-                    account.user_id, mutation, None, timestamp(now), hold_put=hold
+                    account.user_id, mutation, None, timestamp(now), hold_put=hold,
+                    token=operation_token("reserve", hold.id, str(attempt), mutation.month,
+                                          str(mutation.capped)),
                 )
                 return hold
             except StaleRead:
