@@ -77,8 +77,9 @@ def test_first_token_arrives_as_fast_as_direct_and_is_charged_by_the_formula(sta
     messages = paced("20,50")
     first_token_time(client, BALANCED, messages)  # warm both paths (cold starts)
     first_token_time(direct, route.upstream_model, messages)
-    ours = [first_token_time(client, BALANCED, messages) for _ in range(3)]
-    theirs = [first_token_time(direct, route.upstream_model, messages) for _ in range(3)]
+    # The best of 5 each: the figure without this shared machine's load spikes.
+    ours = [first_token_time(client, BALANCED, messages) for _ in range(5)]
+    theirs = [first_token_time(direct, route.upstream_model, messages) for _ in range(5)]
     ttft, ttft_direct = min(t for t, _ in ours), min(t for t, _ in theirs)
     assert ttft <= 1.5 * ttft_direct + 0.050, (ttft, ttft_direct)
     # Buffered, the first token would come with the last (~950 ms); streamed, ~1 s apart.

@@ -68,9 +68,9 @@ CHAT_STREAM_EVENT: dict[str, Any] = {
     },
 }
 CHAT_STREAM_EXAMPLE = (
-    'data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1760000000,'
+    'data: {"id":"req-1","object":"chat.completion.chunk","created":1760000000,'
     '"model":"m","choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":null}]}\n\n'
-    'data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1760000000,'
+    'data: {"id":"req-1","object":"chat.completion.chunk","created":1760000000,'
     '"model":"m","choices":[],"usage":{"prompt_tokens":9,"completion_tokens":1,'
     '"total_tokens":10,"cost":0.000012}}\n\n'
     "data: [DONE]\n\n"
@@ -120,6 +120,17 @@ CREDIT_HEADERS: dict[str, Any] = {
     "X-Request-Id": {"description": "The request id (also in the ledger entry)",
                      "schema": {"type": "string"}},
 }
+#: A streamed answer's headers go out before its charge is known: the charge headers are
+#: on non-streamed answers only (a stream's charge is in its usage chunk, when asked for,
+#: and in the ledger).
+CHAT_HEADERS: dict[str, Any] = {
+    "X-Credits-Charged": _money_header("Credits charged for this request (non-streamed "
+                                       "answers)", required=False),
+    "X-Credits-Remaining": _money_header("The balance after the charge (non-streamed "
+                                         "answers)", required=False),
+    "X-Request-Id": {"description": "The request id: the `id` of the completion and of "
+                                    "every stream chunk", "schema": {"type": "string"}},
+}
 REPLAY_HEADERS: dict[str, Any] = {
     "Idempotent-Replayed": {
         "description": "`true` when this is the stored first result of the Idempotency-Key",
@@ -168,15 +179,16 @@ def _success(description: str, model: Any, headers: dict[str, Any] | None) -> Op
 
 
 def chat_completion_ok() -> dict[int, OpenAPIResponse]:
-    """200 of POST /chat/completions: JSON, or the whole event stream with ``stream``."""
+    """200 of POST /chat/completions: JSON, or the event stream with ``stream``."""
     if not _documenting:
         return {}
     from llmcredits.http.openapi_models import ChatCompletion
 
     return {200: {
         "description": "The completion and what it cost. JSON, or with `stream: true` a "
-        "complete `text/event-stream` body.",
-        "headers": CREDIT_HEADERS,
+        "`text/event-stream` sent chunk by chunk (the usage chunk, with `cost`, only with "
+        "`stream_options.include_usage`).",
+        "headers": CHAT_HEADERS,
         "content": {
             JSON: {"model": ChatCompletion},
             EVENT_STREAM: {
