@@ -4,13 +4,15 @@ Each expiry is a conditional transaction like every other balance change (the lo
 leaves the account's lot list in it, under the list's version), so a second run, or a
 concurrent one, finds nothing left to expire. A lot that holds open at its expiry time
 may still be charged against stays spendable until they settle (``deferred``).
+Then ``credits.expiring`` is recorded once per lot that expires within 7 days (the
+alert deliverer publishes and POSTs it).
 """
 
 from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from llmcredits.bootstrap import ledger_service
+from llmcredits.bootstrap import alert_service, expiring_lots, ledger_service
 from llmcredits.http.api import logger, metrics, tracer
 
 
@@ -31,5 +33,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
                        value=len(report.expired))
     metrics.add_metric(name="CreditLotsDeferred", unit=MetricUnit.Count,
                        value=len(report.deferred))
+    warned = alert_service().warn_expiring(expiring_lots(), deliver=False)
+    metrics.add_metric(name="CreditsExpiringAlerts", unit=MetricUnit.Count, value=warned)
     return {"expired": len(report.expired), "deferred": len(report.deferred),
-            "tidied": report.tidied}
+            "tidied": report.tidied, "expiring_alerts": warned}

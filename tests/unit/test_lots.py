@@ -390,10 +390,38 @@ def test_the_credit_expiry_function_expires_a_due_lot(aws):
     sample = (ROOT / "events" / "credit_expiry.json").read_text()
     import json
 
-    assert handler(json.loads(sample), Context()) == {"expired": 1, "deferred": 0, "tidied": 0}
-    assert handler(json.loads(sample), Context()) == {"expired": 0, "deferred": 0, "tidied": 0}
+    assert handler(json.loads(sample), Context()) == {"expired": 1, "deferred": 0, "tidied": 0,
+                                                      "expiring_alerts": 0}
+    assert handler(json.loads(sample), Context()) == {"expired": 0, "deferred": 0, "tidied": 0,
+                                                      "expiring_alerts": 0}
     _, _, view = invoke("credits_get", event("GET", "/api/v1/llm/credits", sub="f"))
     assert view["balance"] == "0.000000" and view["lots"] == []
+
+
+def test_the_credit_expiry_function_warns_once_of_a_lot_expiring_within_7_days(aws):
+    import json
+
+    from llmcredits.openapi_doc import import_handler
+
+    from tests.support import FUNCTIONS, ROOT, Context
+
+    soon = (datetime.now(UTC) + timedelta(days=3)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    later = (datetime.now(UTC) + timedelta(days=30)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    for user, expires in (("w", soon), ("x", later)):
+        status, _, body = grant_route(user, {"amount": "4.00", "expires_at": expires})
+        assert status == 201, body
+    handler = import_handler(FUNCTIONS / "credit_expiry" / "app.py").lambda_handler
+    sample = json.loads((ROOT / "events" / "credit_expiry.json").read_text())
+    assert handler(sample, Context())["expiring_alerts"] == 1
+    assert handler(sample, Context())["expiring_alerts"] == 0  # once per lot
+    client = boto3.client("dynamodb")
+    for user, count in (("w", 1), ("x", 0)):
+        items = client.query(
+            TableName=os.environ["TABLE_NAME"],
+            KeyConditionExpression="PK = :pk AND begins_with(SK, :sk)",
+            ExpressionAttributeValues={":pk": {"S": f"USER#{user}"},
+                                       ":sk": {"S": "ALERTEVENT#"}})["Items"]
+        assert [i["type"]["S"] for i in items] == ["credits.expiring"] * count
 
 
 # -- tier promotion -----------------------------------------------------------------------

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from llmcredits.dal.oidc import OidcJwtVerifier
     from llmcredits.domain.principal import ApiKeyAuthenticator
     from llmcredits.services.account_events import AccountEventsService
-    from llmcredits.services.alerts import AlertService
+    from llmcredits.services.alerts import AlertService, LedgerExpiringLots
     from llmcredits.services.api_keys import ApiKeysService
     from llmcredits.services.authorize import Authorizer
     from llmcredits.services.auto_topup import AlertSink, AutoTopupService, AutoTopupWatcher
@@ -276,7 +276,7 @@ def _webhook_sender() -> object:
 
 @cache
 def alert_service() -> AlertService:
-    from llmcredits.services.alerts import AlertService
+    from llmcredits.services.alerts import AlertService, LedgerExpiringLots
 
     publisher = cache(_event_publisher)
     return AlertService(
@@ -286,6 +286,13 @@ def alert_service() -> AlertService:
         # is allowed there only, so a receiver on this machine needs no certificate.
         allow_loopback_http=os.environ.get("AWS_SAM_LOCAL") == "true",
     )
+
+
+def expiring_lots() -> LedgerExpiringLots:
+    """The ledger's lots expiring soon, for the ``credits.expiring`` alert."""
+    from llmcredits.services.alerts import LedgerExpiringLots
+
+    return LedgerExpiringLots(ledger_service())
 
 
 @cache

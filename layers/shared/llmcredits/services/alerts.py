@@ -53,6 +53,7 @@ from llmcredits.webhooks import EVENT_ID_HEADER, SIGNATURE_HEADER, signature_hea
 if TYPE_CHECKING:
     from llmcredits.dal.events import EventPublisher
     from llmcredits.dal.kms_envelope import Envelope
+    from llmcredits.services.ledger import LedgerService
 
 log = logging.getLogger(__name__)
 
@@ -212,8 +213,9 @@ class AlertService:
             self.deliver_now([event])
         return recorded
 
-    def warn_expiring(self, lots: ExpiringLots) -> int:
-        """Scheduled: ``credits.expiring`` once per lot that expires within 7 days."""
+    def warn_expiring(self, lots: ExpiringLots, *, deliver: bool = True) -> int:
+        """Scheduled: ``credits.expiring`` once per lot that expires within 7 days (with
+        ``deliver=False`` recorded only: the deliverer sends it within a minute)."""
         now = self._clock()
         sent = 0
         for lot in lots.lots_expiring_before(now + EXPIRING_NOTICE):
@@ -222,7 +224,8 @@ class AlertService:
             event = expiring_event(lot, now)
             if self.record(event):
                 sent += 1
-                self.deliver_now([event])
+                if deliver:
+                    self.deliver_now([event])
         return sent
 
     # -- delivery --------------------------------------------------------------------
@@ -326,3 +329,16 @@ class QueuedAlerts:
     def emit(self, user_id: str, event_type: str, detail: dict[str, Any],
              source_id: str) -> bool:
         return self._service.emit(user_id, event_type, detail, source_id, deliver=False)
+
+
+class LedgerExpiringLots:
+    """The ExpiringLots port over the ledger's ``lots_expiring_before``."""
+
+    def __init__(self, ledger: LedgerService) -> None:
+        self._ledger = ledger
+
+    def lots_expiring_before(self, before: datetime) -> list[ExpiringLot]:
+        return [ExpiringLot(found.user_id, found.lot.id, found.lot.remaining,
+                            found.lot.expires_at)
+                for found in self._ledger.lots_expiring_before(before)
+                if found.lot.expires_at is not None]
