@@ -276,7 +276,7 @@ def _webhook_sender() -> object:
 
 @cache
 def alert_service() -> AlertService:
-    from llmcredits.services.alerts import AlertService, LedgerExpiringLots
+    from llmcredits.services.alerts import AlertService
 
     publisher = cache(_event_publisher)
     return AlertService(
