@@ -241,8 +241,9 @@ def test_sweeper_releases_a_hold_left_by_a_request_that_died(upstream):
     setup_user("lee")
     ledger = bootstrap.ledger_service()
     acct = ledger.account("lee")
-    # A request reserved 2 credits ten minutes ago and its Lambda died before settling.
-    old = datetime.now(UTC) - timedelta(minutes=10)
+    # A request reserved 2 credits 20 minutes ago and its Lambda died before settling
+    # (issue 12: a streamed request may live 15 minutes, so the cutoff is 16; was 10/3).
+    old = datetime.now(UTC) - timedelta(minutes=20)
     from llmcredits.services.ledger import LedgerService
 
     past = LedgerService(ledger._store, clock=lambda: old)
