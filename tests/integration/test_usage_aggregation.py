@@ -195,5 +195,7 @@ def test_reconcile_cli_reports_a_corrupted_balance_and_passes_when_clean(
     capsys.readouterr()
     assert cli(args) == 1
     out = capsys.readouterr().out.strip().splitlines()
-    assert len(out) == 1 and out[0].startswith("DISCREPANCY user-3: balance is ")
+    # the balance, and the lots that no longer add up to it
+    assert len(out) == 2 and out[0].startswith("DISCREPANCY user-3: balance is ")
+    assert out[1].startswith("DISCREPANCY user-3: lots remaining is ")
     assert cli([*args, "--user", "user-2"]) == 0

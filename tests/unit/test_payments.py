@@ -798,7 +798,7 @@ def test_an_unknown_charge_is_retried_for_an_hour_then_acknowledged(
     evt = make("pi_test_not_ours")
     status, _, body = deliver(evt)
     assert_openai_error(status, body, 503, "retry_later")  # the purchase may be late
-    evt["created"] = int(time.time()) - 3599
+    evt["created"] = int(time.time()) - 3590  # 10 s of margin for a slow machine
     assert deliver(evt)[0] == 503
     evt["created"] = int(time.time()) - 3601
     (status, _, body), names = capture_metrics(monkeypatch, capsys, lambda: deliver(evt))

@@ -30,6 +30,46 @@ if TYPE_CHECKING:
 log = logging.getLogger("llmcredits.local")
 
 
+class _PerThread:
+    """A data descriptor whose value is per thread (see isolate_resolver_state)."""
+
+    def __init__(self, name: str, state: threading.local) -> None:
+        self._name = name
+        self._state = state
+
+    def __get__(self, obj: object, owner: type | None = None) -> Any:
+        try:
+            return getattr(self._state, self._name)
+        except AttributeError:
+            raise AttributeError(self._name) from None
+
+    def __set__(self, obj: object, value: Any) -> None:
+        setattr(self._state, self._name, value)
+
+
+def isolate_resolver_state() -> None:
+    """Make Powertools' per-request router state per thread.
+
+    The REST resolver keeps the request on the class (``BaseRouter.current_event =
+    ...``, and ``lambda_context``): right in Lambda, one invocation per process, but this
+    runtime runs concurrent invocations in threads of one process, where a request read
+    another's event (its request id, body, authorizer context: found when request ids
+    became hold ids). A metaclass descriptor catches the class-level writes and reads, a
+    class-dict descriptor the instance reads; both keep the value per thread."""
+    from aws_lambda_powertools.event_handler import api_gateway
+
+    base: Any = api_gateway.BaseRouter
+    if getattr(base, "_llmcredits_state_per_thread", False):
+        return
+    state = threading.local()
+    names = ("current_event", "lambda_context")
+    for name in names:
+        setattr(base, name, _PerThread(name, state))  # still the plain metaclass: class dict
+    base.__class__ = type("PerThreadRouterMeta", (type(base),),
+                          {name: _PerThread(name, state) for name in names})
+    base._llmcredits_state_per_thread = True
+
+
 class LambdaContext:
     """The parts of the Lambda context object that handlers use."""
 
@@ -55,8 +95,9 @@ class FunctionRegistry:
     """Runs functions as Lambda does: one request at a time per execution environment.
 
     Each environment is a separate import of the handler module (its own module
-    globals, e.g. a Powertools resolver holding ``current_event``), created lazily
-    (a cold start) when every existing environment of that function is busy.
+    globals), created lazily (a cold start) when every existing environment of that
+    function is busy; state Powertools keeps per process is made per thread
+    (:func:`isolate_resolver_state`).
     """
 
     _import_lock = threading.RLock()
@@ -65,6 +106,7 @@ class FunctionRegistry:
         self.template = template
         self.stack_name = stack_name
         self.defs = template.functions()
+        isolate_resolver_state()
         self._idle: dict[str, list[Callable[[Any, Any], Any]]] = {}
         self._created: dict[str, int] = {}
         self._lock = threading.Lock()
