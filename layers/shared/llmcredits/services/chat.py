@@ -25,6 +25,7 @@ from llmcredits.errors import ApiError, IdempotencyConflict, InvalidRequest, Ups
 from llmcredits.models_chat import ChatCompletionRequest
 from llmcredits.money import ZERO, format_money, quantize
 from llmcredits.services.ledger import LedgerService
+from llmcredits.units import Seconds
 
 log = logging.getLogger(__name__)
 
@@ -312,7 +313,7 @@ class ChatService:
         return ChatResult(200, "application/json", jsonexact.dumps(body), headers,
                           cost=cost, upstream_ms=latency_ms)
 
-    def _events(self, stream: Stream, charge: _Charge, started: float, outcome: StreamOutcome,
+    def _events(self, stream: Stream, charge: _Charge, started: Seconds, outcome: StreamOutcome,
                 *, include_usage: bool) -> Generator[str, None, None]:
         """The client's event stream: each upstream chunk as it arrives (``id`` = the
         request id, usage removed), then, once the upstream is done and the answer
@@ -365,7 +366,7 @@ class ChatService:
         yield "data: [DONE]\n\n"
 
     @staticmethod
-    def _settle_stream(stream: Stream, charge: _Charge, started: float, outcome: StreamOutcome,
+    def _settle_stream(stream: Stream, charge: _Charge, started: Seconds, outcome: StreamOutcome,
                        *, client_gone: bool = False) -> tuple[Decimal, bool]:
         latency_ms = int((time.monotonic() - started) * 1000)
         usage = stream.billable_usage(charge.prompt_bound, charge.completion_bound)
