@@ -76,6 +76,33 @@ HTTP_TIMEOUT_SECONDS = 8.0
 NETWORK_RETRIES = 1  # safe: every create carries an idempotency key
 
 
+class StripeClients:
+    """The StripeClient of a container: built on first use (so importing the adapter
+    never loads stripe), rebuilt when the secret key is rotated."""
+
+    def __init__(self, api_key: Callable[[], str | None], api_base: str | None,
+                 timeout_seconds: Seconds) -> None:
+        self._api_key = api_key
+        self._api_base = api_base.rstrip("/") if api_base else None
+        self._timeout = timeout_seconds
+        self._client: Any = None
+        self._client_key: str | None = None
+
+    def __call__(self) -> Any:
+        import stripe
+
+        key = _configured(self._api_key, "STRIPE_SECRET_KEY")
+        if self._client is None or key != self._client_key:
+            self._client = stripe.StripeClient(
+                key,
+                base_addresses={"api": self._api_base} if self._api_base else {},
+                http_client=stripe.RequestsClient(timeout=self._timeout),
+                max_network_retries=NETWORK_RETRIES,
+            )
+            self._client_key = key
+        return self._client
+
+
 class StripeCheckout:
     """Implements ``llmcredits.services.payments.PaymentProvider``."""
 
@@ -89,10 +116,7 @@ class StripeCheckout:
     ) -> None:
         self._api_key = api_key
         self._webhook_secret = webhook_secret
-        self._api_base = api_base.rstrip("/") if api_base else None
-        self._timeout = timeout_seconds
-        self._client: Any = None
-        self._client_key: str | None = None
+        self._clients = StripeClients(api_key, api_base, timeout_seconds)
 
     @classmethod
     def from_env(cls) -> StripeCheckout:
@@ -165,18 +189,7 @@ class StripeCheckout:
         return url if isinstance(url, str) and url.startswith(("https://", "http://")) else None
 
     def _stripe(self) -> Any:
-        import stripe
-
-        key = _configured(self._api_key, "STRIPE_SECRET_KEY")
-        if self._client is None or key != self._client_key:  # the key may be rotated
-            self._client = stripe.StripeClient(
-                key,
-                base_addresses={"api": self._api_base} if self._api_base else {},
-                http_client=stripe.RequestsClient(timeout=self._timeout),
-                max_network_retries=NETWORK_RETRIES,
-            )
-            self._client_key = key
-        return self._client
+        return self._clients()
 
     # -- webhooks ---------------------------------------------------------------------------
 

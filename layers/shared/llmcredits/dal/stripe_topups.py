@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from llmcredits.dal.secrets import secret
-from llmcredits.dal.stripe_checkout import HTTP_TIMEOUT_SECONDS, NETWORK_RETRIES, _configured
+from llmcredits.dal.stripe_checkout import HTTP_TIMEOUT_SECONDS, StripeClients
 from llmcredits.services.auto_topup import (
     CardOnFile,
     ChargeAttempt,
@@ -42,11 +42,7 @@ class StripeTopups:
         api_base: str | None = None,
         timeout_seconds: Seconds = HTTP_TIMEOUT_SECONDS,
     ) -> None:
-        self._api_key = api_key
-        self._api_base = api_base.rstrip("/") if api_base else None
-        self._timeout = timeout_seconds
-        self._client: Any = None
-        self._client_key: str | None = None
+        self._clients = StripeClients(api_key, api_base, timeout_seconds)
 
     @classmethod
     def from_env(cls) -> StripeTopups:
@@ -54,18 +50,7 @@ class StripeTopups:
                    api_base=os.environ.get("STRIPE_API_BASE") or None)
 
     def _stripe(self) -> Any:
-        import stripe
-
-        key = _configured(self._api_key, "STRIPE_SECRET_KEY")
-        if self._client is None or key != self._client_key:
-            self._client = stripe.StripeClient(
-                key,
-                base_addresses={"api": self._api_base} if self._api_base else {},
-                http_client=stripe.RequestsClient(timeout=self._timeout),
-                max_network_retries=NETWORK_RETRIES,
-            )
-            self._client_key = key
-        return self._client
+        return self._clients()
 
     @staticmethod
     def _unavailable(what: str, exc: Any) -> CheckoutUnavailable:
